@@ -1,0 +1,87 @@
+"""Crash-safe file writes: temp file in the target's folder, fsync, then ``os.replace``.
+
+A reader (or a restarted server) sees either the old complete file or the new complete
+file, never a partial one. ``DREAM_WINDOW_FAULT`` lets the fault tests stop the process
+just before or just after a replace (see ``fault_point``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+FAULT_ENV = "DREAM_WINDOW_FAULT"
+
+
+def fault_point(name: str) -> None:
+    """Simulate a crash or a full disk at a named point, when the tests ask for it.
+
+    ``DREAM_WINDOW_FAULT=<point>:kill`` kills the process with SIGKILL there;
+    ``<point>:enospc`` raises ``OSError(ENOSPC)``. Points are ``before_replace:<file>``
+    and ``after_replace:<file>`` where ``<file>`` is the target's file name.
+    Several rules may be given, separated by commas.
+    """
+    spec = os.environ.get(FAULT_ENV)
+    if not spec:
+        return
+    for rule in spec.split(","):
+        point, _, action = rule.rpartition(":")
+        if point != name:
+            continue
+        if action == "kill":
+            os.kill(os.getpid(), signal.SIGKILL)
+        if action == "enospc":
+            raise OSError(28, "No space left on device (injected fault)", name)
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: str = "wb") -> None:
+    """Write ``path`` atomically; ``write(fileobj)`` fills a temp file in the same folder."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, mode) as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        fault_point(f"before_replace:{target.name}")
+        os.replace(tmp, target)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    fault_point(f"after_replace:{target.name}")
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Atomically replace ``path`` with ``data``."""
+    atomic_write(path, lambda fh: fh.write(data))
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
+    """Atomically replace ``path`` with ``obj`` as indented UTF-8 JSON (NaN refused)."""
+    atomic_write_bytes(path, json.dumps(obj, indent=2, allow_nan=False).encode("utf-8"))
+
+
+def atomic_link(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """Point ``dst`` at the already written file ``src`` without copying or re-encoding.
+
+    A hard link is made under a temp name next to ``dst`` and renamed over it, so a
+    reader polling ``dst`` always opens a complete file. Falls back to a copy where the
+    filesystem has no hard links.
+    """
+    target = Path(dst)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.lnk")
+    if tmp.exists():
+        tmp.unlink()
+    try:
+        os.link(src, tmp)
+    except OSError:
+        import shutil
+
+        shutil.copyfile(src, tmp)
+    os.replace(tmp, target)

@@ -1,0 +1,262 @@
+"""Per-session loop state and its crash-safe persistence.
+
+A session lives in ``<root>/<name>/`` (``root`` is ComfyUI's ``output/dream_window``):
+``state.json`` (counters, control state, last error, the stored API prompt) and
+``latents-<iteration>.safetensors`` (previous keyframe and the last five keyframes).
+A commit writes the latents file first and then ``state.json``, which names it: the JSON
+replace is the commit point, so a crash anywhere leaves the previous keyframe or the new
+one, never a mix. Only safetensors and JSON are ever read (never pickle).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import re
+import shutil
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save
+
+from .atomic import atomic_write_bytes, atomic_write_json
+
+log = logging.getLogger("dream_window")
+
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+NAME_RULE = "1-64 characters: letters, digits, '_' or '-', starting with a letter or digit"
+RECENT_KEYFRAMES = 5
+STATES = ("idle", "running", "paused", "stopped")
+STATE_VERSION = 1
+
+
+class SessionError(Exception):
+    """A session problem the user must fix; the message says how."""
+
+
+def validate_name(name: Any, what: str = "session name") -> str:
+    """Return ``name`` if it is a safe folder name, else raise ``SessionError``."""
+    if not isinstance(name, str) or not NAME_PATTERN.match(name):
+        shown = repr(name) if len(repr(name)) <= 80 else repr(name)[:77] + "..."
+        raise SessionError(f"invalid {what} {shown}: use {NAME_RULE}")
+    return name
+
+
+def strip_is_changed(prompt: dict) -> dict:
+    """Deep copy of an API prompt without the ``is_changed`` keys ComfyUI inserts.
+
+    Re-posting a prompt that still carries them makes ComfyUI skip ``fingerprint_inputs``
+    and serve stale cached outputs (see ``comfyui_loop_facts.md`` §3).
+    """
+    clean = copy.deepcopy(prompt)
+    for node in clean.values():
+        if isinstance(node, dict):
+            node.pop("is_changed", None)
+    return clean
+
+
+@dataclass
+class Session:
+    """The loop state of one session. Guard every access with ``lock``."""
+
+    name: str
+    folder: Path
+    iteration: int = 0
+    next_frame: int = 1
+    prev_latent: torch.Tensor | None = None
+    recent_latents: list[torch.Tensor] = field(default_factory=list)
+    seeds: list[int] = field(default_factory=list)
+    state: str = "idle"
+    error: dict | None = None
+    prompt: dict | None = None
+    client_id: str | None = None
+    settings: dict = field(default_factory=lambda: {"enabled": True, "max_iterations": 0, "min_delay": 0.0})
+    stats: dict = field(default_factory=dict)
+    created: float = field(default_factory=time.time)
+    latents_file: str | None = None
+    lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
+
+    @property
+    def frames_dir(self) -> Path:
+        return self.folder / "frames"
+
+    def frames_produced(self) -> int:
+        return self.next_frame - 1
+
+    def summary(self) -> dict:
+        """What ``GET /dream_window/sessions`` lists for this session."""
+        with self.lock:
+            return {
+                "session": self.name,
+                "state": self.state,
+                "iteration": self.iteration,
+                "frames": self.frames_produced(),
+                "last_error": self.error,
+                "max_iterations": self.settings.get("max_iterations", 0),
+                "has_prompt": self.prompt is not None,
+            }
+
+    def _json(self) -> dict:
+        return {
+            "version": STATE_VERSION,
+            "name": self.name,
+            "iteration": self.iteration,
+            "next_frame": self.next_frame,
+            "seeds": self.seeds,
+            "state": self.state,
+            "error": self.error,
+            "prompt": self.prompt,
+            "client_id": self.client_id,
+            "settings": self.settings,
+            "stats": self.stats,
+            "created": self.created,
+            "latents_file": self.latents_file,
+        }
+
+    def save_control(self) -> None:
+        """Persist everything but the latents (state changes, errors, the stored prompt)."""
+        with self.lock:
+            atomic_write_json(self.folder / "state.json", self._json())
+
+    def commit_keyframe(self, latent: torch.Tensor, seed: int | None, frames: int,
+                        stats: dict) -> tuple[int, int]:
+        """Record a new keyframe; returns the (first, last) frame index given to its frames.
+
+        The latents file is written before ``state.json``; older latents files are removed
+        only after the new state is durable.
+        """
+        with self.lock:
+            latent = latent.detach().to("cpu", torch.float32).contiguous()
+            recent = (self.recent_latents + [latent])[-RECENT_KEYFRAMES:]
+            iteration = self.iteration + 1
+            tensors = {f"recent_{i}": t for i, t in enumerate(recent)}  # the newest is the previous keyframe
+            latents_file = f"latents-{iteration:08d}.safetensors"
+            atomic_write_bytes(self.folder / latents_file,
+                               save(tensors, metadata={"iteration": str(iteration), "session": self.name}))
+            first = self.next_frame
+            old = (self.iteration, self.next_frame, self.prev_latent, self.recent_latents,
+                   self.seeds, self.stats, self.latents_file)
+            self.iteration, self.next_frame = iteration, first + frames
+            self.prev_latent, self.recent_latents = latent, recent
+            self.seeds = (self.seeds + ([seed] if seed is not None else []))[-RECENT_KEYFRAMES:]
+            self.stats = stats
+            self.latents_file = latents_file
+            try:
+                self.save_control()
+            except BaseException:
+                (self.iteration, self.next_frame, self.prev_latent, self.recent_latents,
+                 self.seeds, self.stats, self.latents_file) = old
+                raise
+            for stale in self.folder.glob("latents-*.safetensors"):
+                if stale.name != latents_file:
+                    stale.unlink(missing_ok=True)
+            return first, first + frames - 1
+
+    def reset(self) -> None:
+        """Forget the keyframes (e.g. after a resolution change); frame numbering goes on."""
+        with self.lock:
+            self.iteration = 0
+            self.prev_latent, self.recent_latents, self.seeds = None, [], []
+            self.error, self.stats, self.latents_file = None, {}, None
+            self.state = "idle"
+            self.save_control()
+            for stale in self.folder.glob("latents-*.safetensors"):
+                stale.unlink(missing_ok=True)
+
+    @classmethod
+    def load(cls, name: str, folder: Path) -> "Session":
+        """Load a persisted session; raises ``SessionError`` naming the broken file."""
+        state_path = folder / "state.json"
+        try:
+            data = json.loads(state_path.read_text("utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise SessionError(f"session {name!r}: cannot read {state_path} ({exc}); "
+                               f"delete or reset the session to start it afresh") from exc
+        session = cls(name=name, folder=folder)
+        for key in ("iteration", "next_frame", "seeds", "state", "error", "prompt", "client_id",
+                    "settings", "stats", "created", "latents_file"):
+            if key in data:
+                setattr(session, key, data[key])
+        if session.state not in STATES:
+            session.state = "idle"
+        if session.latents_file:
+            path = folder / session.latents_file
+            try:
+                tensors = load_file(str(path))
+            except (OSError, SafetensorError) as exc:
+                raise SessionError(f"session {name!r}: keyframe file {path} is unreadable ({exc}); "
+                                   f"reset the session to start from a new keyframe") from exc
+            keys = sorted((k for k in tensors if k.startswith("recent_")), key=lambda k: int(k.split("_")[1]))
+            if not keys:
+                raise SessionError(f"session {name!r}: keyframe file {path} holds no keyframe; reset the session")
+            session.recent_latents = [tensors[k] for k in keys]
+            session.prev_latent = session.recent_latents[-1]
+        return session
+
+
+class SessionRegistry:
+    """Sessions by name, loaded from disk on first use. Thread-safe."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        self._sessions: dict[str, Session] = {}
+        self._lock = threading.Lock()
+
+    def folder(self, name: str) -> Path:
+        """The session's folder, refusing names and planted links that leave ``root``."""
+        validate_name(name)
+        folder = self.root / name
+        if folder.is_symlink() or (folder.exists() and folder.resolve().parent != self.root.resolve()):
+            raise SessionError(f"session folder {folder} is a link or leaves {self.root}; remove it")
+        if folder.exists() and not folder.is_dir():
+            raise SessionError(f"{folder} exists but is not a folder; remove or rename that file "
+                               f"so the session can be stored there")
+        return folder
+
+    def exists(self, name: str) -> bool:
+        with self._lock:
+            return name in self._sessions or (self.folder(name) / "state.json").is_file()
+
+    def get(self, name: str, create: bool = False) -> Session:
+        """The named session; ``create`` makes a new one when none is stored."""
+        folder = self.folder(name)
+        with self._lock:
+            session = self._sessions.get(name)
+            if session is not None:
+                return session
+            if (folder / "state.json").is_file():
+                session = Session.load(name, folder)
+            elif create:
+                try:
+                    folder.mkdir(parents=True, exist_ok=True)
+                except OSError as exc:
+                    raise SessionError(f"cannot create the session folder {folder} ({exc}); "
+                                       f"make sure ComfyUI's output folder is writable") from exc
+                session = Session(name=name, folder=folder)
+                session.save_control()
+            else:
+                raise KeyError(name)
+            self._sessions[name] = session
+            return session
+
+    def names(self) -> list[str]:
+        """Every stored or loaded session name."""
+        found = set(self._sessions)
+        if self.root.is_dir():
+            found.update(p.name for p in self.root.iterdir()
+                         if NAME_PATTERN.match(p.name) and (p / "state.json").is_file())
+        return sorted(found)
+
+    def delete(self, name: str) -> None:
+        """Forget a session and remove its folder."""
+        folder = self.folder(name)
+        with self._lock:
+            self._sessions.pop(name, None)
+        if folder.is_dir():
+            shutil.rmtree(folder)

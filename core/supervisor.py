@@ -1,0 +1,202 @@
+"""The loop's re-queue logic: one supervisor per session, running on ComfyUI's event loop.
+
+The iteration itself never queues its successor (an in-graph re-queue dies with the first
+failed node). Instead the session node *attaches* each prompt it runs to the session's
+supervisor, which waits for that prompt to land in ComfyUI's history and then:
+
+* success → re-queues the stored prompt (after the autoqueue's minimum delay, while the
+  session is running, below ``max_iterations`` and not held back by the playback buffer);
+* error → retries with backoff up to ``MAX_RETRIES`` times, then pauses the session with
+  the error recorded;
+* interrupted (the user's Cancel) → pauses, never retries.
+
+Exactly one chain per session: nothing is re-queued while another prompt of the session
+is queued or running. Finished prompts of the session are deleted from ComfyUI's history
+(the newest one is kept for the UI). ComfyUI itself is reached only through ``LoopBackend``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Callable, Protocol
+
+from .session import Session, strip_is_changed
+
+log = logging.getLogger("dream_window")
+
+MAX_RETRIES = 3
+BACKOFF_BASE = 0.5
+POLL_INTERVAL = 0.01
+HOLD_POLL = 0.5
+
+
+class LoopBackend(Protocol):
+    """What the supervisor needs from the server; the adapter implements it for ComfyUI."""
+
+    def prompt_result(self, prompt_id: str) -> tuple[str, dict | None] | None:
+        """``None`` while unfinished, else ``("success"|"error"|"interrupted", error_info)``."""
+
+    def session_queued(self, session: str) -> bool:
+        """Whether any queued or running prompt belongs to ``session``."""
+
+    async def queue_prompt(self, prompt: dict, client_id: str | None) -> str:
+        """Queue through the server's own ``/prompt`` handling; returns the prompt id."""
+
+    def delete_history(self, prompt_id: str) -> None:
+        """Remove a finished prompt from the server's history."""
+
+
+class Supervisor:
+    """Re-queues one session's prompt after each iteration (see the module docstring)."""
+
+    def __init__(self, session: Session, backend: LoopBackend,
+                 hold: Callable[[], bool] = lambda: False):
+        self.session = session
+        self.backend = backend
+        self.hold = hold
+        self.failures = 0
+        self.watching: set[str] = set()
+        self.own_prompts: set[str] = set()
+        self.last_finished: str | None = None
+        self.iterations_started = 0
+        self.last_gap: float | None = None
+        self._finished_at: float | None = None
+        self._task: asyncio.Task | None = None
+        self._wake = asyncio.Event()
+
+    # -- called from the session node (executor thread, marshalled onto the loop) --
+    def attach(self, prompt_id: str, prompt: dict, client_id: str | None, settings: dict | None) -> None:
+        """A prompt of this session started executing."""
+        s = self.session
+        user_started = prompt_id not in self.own_prompts
+        self.own_prompts.discard(prompt_id)
+        if self._finished_at is not None:
+            self.last_gap = time.monotonic() - self._finished_at
+        self.iterations_started += 1
+        with s.lock:
+            s.prompt = strip_is_changed(prompt)
+            if client_id is not None:
+                s.client_id = client_id
+            if settings is not None:
+                s.settings.update(settings)
+            if user_started:
+                self.failures = 0
+                s.state = "running" if s.settings.get("enabled", True) else "idle"
+                s.error = None
+            s.save_control()
+        self.watching.add(prompt_id)
+        self._ensure_task()
+
+    # -- control, called from routes on the loop --
+    async def start(self, client_id: str | None = None) -> str:
+        """Queue the stored prompt and mark the session running."""
+        s = self.session
+        with s.lock:
+            if s.prompt is None:
+                raise LookupError(f"session {s.name!r} has no stored workflow yet: queue the Dream Window "
+                                  f"workflow once (Queue button or POST /prompt)")
+            if client_id:
+                s.client_id = client_id
+            s.state, s.error = "running", None
+            s.save_control()
+        self.failures = 0
+        if self.backend.session_queued(s.name):
+            return "already queued"
+        return await self._queue()
+
+    def set_state(self, state: str) -> None:
+        """Pause or stop: takes effect at the next iteration boundary."""
+        with self.session.lock:
+            self.session.state = state
+            self.session.save_control()
+        self._wake.set()
+
+    # -- the watcher --
+    def _ensure_task(self) -> None:
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._watch())
+
+    async def _watch(self) -> None:
+        while self.watching:
+            for prompt_id in sorted(self.watching):
+                result = self.backend.prompt_result(prompt_id)
+                if result is None:
+                    continue
+                self.watching.discard(prompt_id)
+                try:
+                    await self._finished(prompt_id, *result)
+                except Exception:  # the watcher must outlive any single bad iteration
+                    log.exception("dream_window[%s]: supervisor failed handling %s", self.session.name, prompt_id)
+            await asyncio.sleep(POLL_INTERVAL)
+
+    async def _finished(self, prompt_id: str, outcome: str, error: dict | None) -> None:
+        s = self.session
+        self._finished_at = time.monotonic()
+        if self.last_finished is not None:
+            self.backend.delete_history(self.last_finished)
+        self.last_finished = prompt_id
+        await self._outcome(outcome, error)
+
+    async def _outcome(self, outcome: str, error: dict | None) -> None:
+        s = self.session
+        if outcome == "interrupted":
+            log.info("dream_window[%s]: iteration cancelled by the user; session paused", s.name)
+            self.set_state("paused")
+            return
+        if outcome == "error":
+            self.failures += 1
+            with s.lock:
+                s.error = dict(error or {}, retries=self.failures - 1, at=time.time())
+                s.save_control()
+            if self.failures > MAX_RETRIES:
+                log.error("dream_window[%s]: iteration failed %d times; session paused: %s",
+                          s.name, self.failures, (error or {}).get("message"))
+                self.set_state("paused")
+                return
+            delay = BACKOFF_BASE * 2 ** (self.failures - 1)
+            log.warning("dream_window[%s]: iteration failed (%s); retry %d/%d in %.1f s", s.name,
+                        (error or {}).get("message"), self.failures, MAX_RETRIES, delay)
+            await asyncio.sleep(delay)
+        else:
+            self.failures = 0
+        await self._continue()
+
+    async def _continue(self) -> None:
+        s = self.session
+        with s.lock:
+            settings = dict(s.settings)
+            limit = int(settings.get("max_iterations") or 0)
+            if s.state == "running" and limit and s.iteration >= limit:
+                log.info("dream_window[%s]: reached max_iterations=%d; stopped", s.name, limit)
+                s.state = "stopped"
+                s.save_control()
+        if not settings.get("enabled", True):
+            return
+        delay = float(settings.get("min_delay") or 0.0)
+        if delay > 0:
+            await asyncio.sleep(delay)
+        while self.hold() and self.session.state == "running":
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), HOLD_POLL)
+            except asyncio.TimeoutError:
+                pass
+        if self.session.state != "running" or self.backend.session_queued(s.name):
+            return
+        try:
+            await self._queue()
+        except Exception as exc:  # a rejected prompt counts as a failed iteration
+            await self._outcome("error", {"message": str(exc), "node_type": "POST /prompt", "node_id": None})
+
+    async def _queue(self) -> str:
+        s = self.session
+        with s.lock:
+            prompt, client_id = s.prompt, s.client_id
+        prompt_id = await self.backend.queue_prompt(strip_is_changed(prompt), client_id)
+        self.own_prompts.add(prompt_id)
+        # Watch it from now on: a node that fails before the session node runs must retry too.
+        self.watching.add(prompt_id)
+        self._ensure_task()
+        return prompt_id

@@ -1,0 +1,158 @@
+"""The only module that imports ComfyUI (``comfy_api``, ``server``, ``folder_paths``, ``comfy``).
+
+Everything ComfyUI-specific the pack needs goes through here, so an API change upstream is
+mended in one place. The versioned ``comfy_api.v0_0_2`` is preferred (present in 0.3.75 and
+current upstream); ``comfy_api.latest`` is the fallback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from typing import Any, Callable
+
+import folder_paths
+from server import PromptServer
+
+import comfy.model_management as model_management
+
+try:
+    from comfy_api.v0_0_2 import ComfyExtension, io, ui
+except ImportError:  # pragma: no cover - ComfyUI builds without the versioned namespace
+    from comfy_api.latest import ComfyExtension, io, ui
+
+try:
+    from comfy_execution.utils import get_executing_context
+except ImportError:  # pragma: no cover
+    from comfy_api.latest import get_executing_context
+
+log = logging.getLogger("dream_window")
+
+__all__ = ["ComfyExtension", "io", "ui", "schema", "ComfyBackend", "server", "output_directory",
+           "input_directory", "executing_prompt_id", "current_client_id", "run_on_server_loop",
+           "intermediate_device", "send_event", "routes", "models_in_folder", "model_path"]
+
+_SCHEMA_FIELDS = set(inspect.signature(io.Schema).parameters)
+
+
+def schema(**fields: Any) -> "io.Schema":
+    """``io.Schema`` with the fields this ComfyUI knows; newer-only ones (``search_aliases``)
+    are dropped on older servers instead of failing the whole pack's import."""
+    return io.Schema(**{k: v for k, v in fields.items() if k in _SCHEMA_FIELDS})
+
+
+def server() -> PromptServer:
+    return PromptServer.instance
+
+
+def routes():
+    return PromptServer.instance.routes
+
+
+def output_directory() -> str:
+    return folder_paths.get_output_directory()
+
+
+def input_directory() -> str:
+    return folder_paths.get_input_directory()
+
+
+def models_in_folder(kind: str) -> list[str]:
+    return folder_paths.get_filename_list(kind)
+
+
+def model_path(kind: str, name: str) -> str | None:
+    return folder_paths.get_full_path(kind, name)
+
+
+def intermediate_device():
+    return model_management.intermediate_device()
+
+
+def executing_prompt_id() -> str | None:
+    context = get_executing_context()
+    return context.prompt_id if context is not None else None
+
+
+def current_client_id() -> str | None:
+    return PromptServer.instance.client_id
+
+
+def run_on_server_loop(fn: Callable, *args: Any) -> None:
+    """Call ``fn(*args)`` on the server's event loop from the executor thread (never waits)."""
+    PromptServer.instance.loop.call_soon_threadsafe(fn, *args)
+
+
+def send_event(event: str, data: dict, client_id: str | None = None) -> None:
+    """Send a websocket event (to one client, or to every client when ``client_id`` is None)."""
+    PromptServer.instance.send_sync(event, data, client_id)
+
+
+def _session_of(prompt: dict, class_type: str, name: str) -> bool:
+    return any(isinstance(node, dict) and node.get("class_type") == class_type
+               and (node.get("inputs") or {}).get("name") == name for node in prompt.values())
+
+
+class ComfyBackend:
+    """``core.supervisor.LoopBackend`` for a live ComfyUI server."""
+
+    def __init__(self, session_class_type: str):
+        self.session_class_type = session_class_type
+        self._http = None
+
+    @property
+    def queue(self):
+        return PromptServer.instance.prompt_queue
+
+    def prompt_result(self, prompt_id: str):
+        entry = self.queue.get_history(prompt_id=prompt_id, map_function=lambda h: h.get("status"))
+        if prompt_id not in entry:
+            return None
+        status = entry[prompt_id] or {}
+        messages = status.get("messages") or []
+        for event, data in messages:
+            if event == "execution_interrupted":
+                return "interrupted", None
+        for event, data in messages:
+            if event == "execution_error":
+                return "error", {"node_id": data.get("node_id"), "node_type": data.get("node_type"),
+                                 "message": str(data.get("exception_message", "")).strip(),
+                                 "exception_type": data.get("exception_type")}
+        if status.get("status_str") == "error":
+            return "error", {"node_id": None, "node_type": None, "message": "the prompt failed"}
+        return "success", None
+
+    def session_queued(self, session: str) -> bool:
+        running, queued = self.queue.get_current_queue_volatile()
+        return any(_session_of(item[2], self.session_class_type, session) for item in list(running) + list(queued))
+
+    async def queue_prompt(self, prompt: dict, client_id: str | None) -> str:
+        import aiohttp
+
+        srv = PromptServer.instance
+        host = srv.address if srv.address not in (None, "", "0.0.0.0", "::") else "127.0.0.1"
+        if ":" in host and not host.startswith("["):
+            host = f"[{host}]"
+        body: dict = {"prompt": prompt}
+        if client_id:
+            body["client_id"] = client_id
+        if self._http is None or self._http.closed:
+            self._http = aiohttp.ClientSession()
+        async with self._http.post(f"http://{host}:{srv.port}/prompt", json=body) as resp:
+            data = await resp.json()
+            if resp.status != 200:
+                error = data.get("error") or {}
+                details = "; ".join(f"node {nid}: {e.get('message')} ({e.get('details')})"
+                                    for nid, node in (data.get("node_errors") or {}).items()
+                                    for e in node.get("errors", []))
+                raise RuntimeError(f"ComfyUI refused the stored workflow: {error.get('message')}"
+                                   + (f" — {details}" if details else ""))
+            return data["prompt_id"]
+
+    def delete_history(self, prompt_id: str) -> None:
+        self.queue.delete_history_item(prompt_id)
+
+
+def on_server_loop() -> asyncio.AbstractEventLoop:
+    return PromptServer.instance.loop
