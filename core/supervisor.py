@@ -150,6 +150,9 @@ class Supervisor:
             with s.lock:
                 s.error = dict(error or {}, retries=self.failures - 1, at=time.time())
                 s.save_control()
+            if not s.settings.get("enabled", True):
+                self.failures = 0
+                return
             if self.failures > MAX_RETRIES:
                 log.error("dream_window[%s]: iteration failed %d times; session paused: %s",
                           s.name, self.failures, (error or {}).get("message"))

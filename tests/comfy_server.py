@@ -1,0 +1,150 @@
+"""A real ComfyUI server for the end-to-end tests, started from COMFYUI_DIR (or the harness).
+
+The pack is linked into ``<base>/custom_nodes/dream_window``; models are synthesised once
+per harness (``harness/make_tiny_models.py``) and linked into ``<base>/models``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+HARNESS = Path(os.environ.get("DW_HARNESS_DIR", REPO / ".harness"))
+COMFYUI_DIR = Path(os.environ.get("COMFYUI_DIR", HARNESS / "ComfyUI"))
+PACK_NAME = "dream_window"
+TINY_SD15 = "dream_window_tiny_sd15.safetensors"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def ensure_models(kinds: tuple[str, ...] = ("taesd", "sd15")) -> Path:
+    """The synthesised models folder, made on first use (seeded, so identical every time)."""
+    models = HARNESS / "models"
+    missing = [k for k, f in (("taesd", "vae_approx/taesd_decoder.safetensors"),
+                              ("sd15", f"checkpoints/{TINY_SD15}"),
+                              ("clip_vision", "clip_vision/dream_window_tiny_vitl.safetensors"))
+               if k in kinds and not (models / f).is_file()]
+    if missing:
+        subprocess.run([sys.executable, str(REPO / "harness" / "make_tiny_models.py"), "--comfy", str(COMFYUI_DIR),
+                        "--models", str(models), *missing], check=True)
+    return models
+
+
+class ComfyServer:
+    """One ComfyUI process on a base directory; can be killed and restarted on the same base."""
+
+    def __init__(self, base: Path, port: int | None = None, env: dict | None = None):
+        self.base = Path(base)
+        self.port = port or free_port()
+        self.env = env or {}
+        self.proc: subprocess.Popen | None = None
+        self.client_id = uuid.uuid4().hex
+        (self.base / "custom_nodes").mkdir(parents=True, exist_ok=True)
+        for name, target in ((PACK_NAME, REPO), ("dw_test_pack", REPO / "tests" / "fixtures" / "dw_test_pack")):
+            link = self.base / "custom_nodes" / name
+            if not link.exists():
+                link.symlink_to(target, target_is_directory=True)
+        models = self.base / "models"
+        if not models.exists():
+            models.symlink_to(ensure_models(), target_is_directory=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.base / "comfy.log"
+
+    def start(self, timeout: float = 120.0) -> "ComfyServer":
+        cmd = [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
+               "--disable-auto-launch", "--base-directory", str(self.base), "--database-url", "sqlite:///:memory:",
+               "--disable-api-nodes"]
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(cmd, cwd=COMFYUI_DIR, stdout=log, stderr=subprocess.STDOUT,
+                                     env={**os.environ, **self.env}, start_new_session=True)
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"ComfyUI exited with {self.proc.returncode}; log:\n{self.log_tail()}")
+            try:
+                self.get("/system_stats", timeout=2)
+                return self
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                time.sleep(0.2)
+        raise TimeoutError(f"ComfyUI did not answer within {timeout} s; log:\n{self.log_tail()}")
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, sig)
+            self.proc.wait(30)
+
+    def stop(self) -> None:
+        self.kill(signal.SIGTERM)
+
+    def log_tail(self, chars: int = 6000) -> str:
+        return self.log_path.read_text(errors="replace")[-chars:] if self.log_path.exists() else ""
+
+    # -- HTTP helpers --
+    def request(self, method: str, path: str, body: bytes | None = None, headers: dict | None = None,
+                timeout: float = 30) -> tuple[int, bytes, dict]:
+        req = urllib.request.Request(self.url + path, data=body, method=method, headers=headers or {})
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as resp:
+                return resp.status, resp.read(), dict(resp.headers)
+        except urllib.error.HTTPError as err:
+            return err.code, err.read(), dict(err.headers)
+
+    def get(self, path: str, timeout: float = 30):
+        status, body, _ = self.request("GET", path, timeout=timeout)
+        if status != 200:
+            raise AssertionError(f"GET {path} -> {status}: {body[:500]!r}")
+        return json.loads(body)
+
+    def post_json(self, path: str, obj) -> tuple[int, dict]:
+        status, body, _ = self.request("POST", path, json.dumps(obj).encode(), {"Content-Type": "application/json"})
+        return status, (json.loads(body) if body else {})
+
+    def queue(self, prompt: dict) -> str:
+        status, data = self.post_json("/prompt", {"prompt": prompt, "client_id": self.client_id})
+        if status != 200:
+            raise AssertionError(f"POST /prompt -> {status}: {data}")
+        return data["prompt_id"]
+
+    def control(self, action: str, session: str) -> dict:
+        status, data = self.post_json(f"/dream_window/{action}", {"session": session})
+        if status != 200:
+            raise AssertionError(f"POST /dream_window/{action} -> {status}: {data}")
+        return data
+
+    def session(self, name: str) -> dict | None:
+        return next((s for s in self.get("/dream_window/sessions")["sessions"] if s["session"] == name), None)
+
+    def wait_for(self, predicate, timeout: float = 60.0, what: str = "condition", interval: float = 0.05):
+        deadline = time.time() + timeout
+        last = None
+        while time.time() < deadline:
+            last = predicate()
+            if last:
+                return last
+            time.sleep(interval)
+        raise AssertionError(f"timed out after {timeout} s waiting for {what}; last value {last!r}\n"
+                             f"server log tail:\n{self.log_tail(3000)}")
+
+
+def load_api_workflow(name: str = "dream_window") -> dict:
+    return json.loads((REPO / "workflows" / "api" / f"{name}.json").read_text())

@@ -1,0 +1,55 @@
+"""Building test variants of the bundled API workflow (only whitelisted fields change)."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from comfy_server import TINY_SD15, load_api_workflow
+
+# Fields a test may change in the bundled workflow; everything else must stay as shipped.
+WHITELIST = {("1", "ckpt_name"), ("5", "width"), ("5", "height"), ("6", "steps"), ("4", "name"),
+             ("10", "enabled"), ("10", "max_iterations")}
+
+
+def dream_workflow(session: str = "dream", size: int = 64, steps: int = 2, capture: str | None = None,
+                  fault: bool = False, autoqueue: bool = True) -> dict:
+    """The bundled API workflow at test size with tiny models; optional captures and fault node."""
+    wf = load_api_workflow()
+    wf["1"]["inputs"]["ckpt_name"] = TINY_SD15
+    wf["4"]["inputs"]["name"] = session
+    wf["5"]["inputs"].update(width=size, height=size)
+    wf["6"]["inputs"]["steps"] = steps
+    wf["10"]["inputs"]["enabled"] = autoqueue
+    if capture:
+        # Independent capture with core SaveLatent: the sampler's input and its output.
+        wf["100"] = {"class_type": "SaveLatent", "inputs": {"samples": ["5", 0], "filename_prefix": f"{capture}/src"}}
+        wf["101"] = {"class_type": "SaveLatent", "inputs": {"samples": ["6", 0], "filename_prefix": f"{capture}/out"}}
+    if fault:
+        wf["102"] = {"class_type": "DWTestFault", "inputs": {"latent": ["5", 0]}}
+        wf["6"]["inputs"]["latent_image"] = ["102", 0]
+    return wf
+
+
+def changed_fields(wf: dict) -> set[tuple[str, str]]:
+    """(node, input) pairs of the shipped nodes whose value differs from the bundled file."""
+    shipped = load_api_workflow()
+    diff = set()
+    for nid, node in shipped.items():
+        assert wf[nid]["class_type"] == node["class_type"]
+        for key, value in node["inputs"].items():
+            if wf[nid]["inputs"].get(key) != value and not (nid, key) == ("6", "latent_image"):
+                diff.add((nid, key))
+    return diff
+
+
+def captured(output: Path, capture: str, kind: str) -> list[torch.Tensor]:
+    files = sorted((output / capture).glob(f"{kind}_*.latent"))
+    return [load_file(str(f))["latent_tensor"] for f in files]
+
+
+def clone(wf: dict) -> dict:
+    return copy.deepcopy(wf)

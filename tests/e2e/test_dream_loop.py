@@ -1,0 +1,133 @@
+"""The bundled dream workflow, queued once on a real ComfyUI 0.3.75, keeps dreaming by itself."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from comfy_server import ComfyServer
+from loop_helpers import WHITELIST, captured, changed_fields, dream_workflow
+
+N = 10  # the bundled workflow's interpolated frames per keyframe pair
+
+pytestmark = pytest.mark.e2e
+
+
+def frames_formula(k: int) -> int:
+    return 1 + (k - 1) * (N + 1)
+
+
+def queue_entries(comfy) -> int:
+    q = comfy.get("/queue")
+    return len(q["queue_running"]) + len(q["queue_pending"])
+
+
+def test_queued_once_dreams_by_itself(comfy):
+    wf = dream_workflow("dream", capture="cap_main")
+    assert changed_fields(wf) <= WHITELIST
+    comfy.queue(wf)
+    comfy.queue(wf)  # queueing twice must not start a second chain
+    comfy.wait_for(lambda: comfy.session("dream") and comfy.session("dream")["iteration"] >= 5,
+                   timeout=120, what="5 iterations")
+    # One chain: never more than one prompt of the session queued or running.
+    samples = []
+    for _ in range(40):
+        samples.append(queue_entries(comfy))
+        time.sleep(0.05)
+    assert max(samples) <= 1, samples
+    comfy.wait_for(lambda: comfy.session("dream")["iteration"] >= 20, timeout=180, what="20 iterations")
+
+    stopped_at = comfy.control("stop", "dream")["iteration"]
+    time.sleep(3)
+    final = comfy.session("dream")
+    assert final["state"] == "stopped"
+    assert final["iteration"] <= stopped_at + 1, "stop must take effect at the next iteration boundary"
+    time.sleep(1)
+    assert comfy.session("dream")["iteration"] == final["iteration"]
+    k = final["iteration"]
+    assert final["frames"] == frames_formula(k)
+
+    output = comfy.base / "output"
+    frames = sorted((output / "dream_window" / "dream" / "frames").glob("frame_*.png"))
+    assert frames[-1].name == f"frame_{frames_formula(k):08d}.png"
+    assert len(frames) == min(128, frames_formula(k)), "retention limit"
+    current = output / "dream_window" / "dream" / "current_frame.png"
+    assert current.stat().st_ino == frames[-1].stat().st_ino, "current_frame.png is a hard link to the newest frame"
+
+    src, out = captured(output, "cap_main", "src"), captured(output, "cap_main", "out")
+    assert len(src) == len(out) == k
+    assert torch.count_nonzero(src[0]) == 0, "iteration 1 starts from an empty latent (txt2img)"
+    for i in range(1, k):
+        assert torch.equal(src[i], out[i - 1]), f"sampler input of iteration {i + 1} is not keyframe {i}"
+
+    assert len(comfy.get("/history")) <= 2, "finished loop prompts are deleted from history"
+    temp = comfy.base / "temp"
+    assert not temp.exists() or not any(temp.rglob("*.png")), "no per-frame previews in temp/"
+
+
+def test_sampler_error_is_retried_then_pauses(comfy):
+    flag = comfy.base / "input" / "dwtest_fail"
+    comfy.queue(dream_workflow("faulty", fault=True))
+    comfy.wait_for(lambda: (comfy.session("faulty") or {}).get("iteration", 0) >= 2, timeout=60, what="2 iterations")
+    flag.parent.mkdir(parents=True, exist_ok=True)
+    flag.touch()
+    try:
+        at_flag = comfy.session("faulty")["iteration"]
+        paused = comfy.wait_for(lambda: (s := comfy.session("faulty"))["state"] == "paused" and s, timeout=60,
+                                what="the session to pause after 3 retries")
+        assert paused["iteration"] <= at_flag + 1
+        err = paused["last_error"]
+        assert "injected sampler fault" in err["message"]
+        assert err["node_type"] == "DWTestFault" and err["retries"] == 3
+        log = comfy.log_tail(200000)
+        assert log.count("dream_window[faulty]: iteration failed (") == 3
+        time.sleep(1.5)
+        assert comfy.session("faulty")["iteration"] == paused["iteration"], "no silent retries after pausing"
+    finally:
+        flag.unlink(missing_ok=True)
+    comfy.control("resume", "faulty")
+    comfy.wait_for(lambda: comfy.session("faulty")["iteration"] >= paused["iteration"] + 2, timeout=60,
+                   what="the loop to continue after resume")
+    comfy.control("stop", "faulty")
+
+
+def test_user_cancel_pauses_without_retry(comfy):
+    comfy.queue(dream_workflow("cancel", steps=30))
+    comfy.wait_for(lambda: (comfy.session("cancel") or {}).get("iteration", 0) >= 1, timeout=60, what="1 iteration")
+    comfy.post_json("/interrupt", {})
+    state = comfy.wait_for(lambda: (s := comfy.session("cancel"))["state"] == "paused" and s, timeout=30,
+                           what="cancel to pause the session")
+    time.sleep(1.5)
+    assert comfy.session("cancel")["iteration"] == state["iteration"]
+    assert "iteration failed" not in comfy.log_tail(200000).split("dream_window[cancel]")[-1]
+
+
+def test_killed_server_resumes_from_last_committed_keyframe(tmp_path):
+    server = ComfyServer(tmp_path).start()
+    try:
+        server.queue(dream_workflow("resume", capture="cap_resume"))
+        server.wait_for(lambda: (server.session("resume") or {}).get("iteration", 0) >= 4, timeout=120,
+                        what="4 iterations")
+        server.kill()
+        server.start()
+        before = server.session("resume")
+        assert before["iteration"] >= 4 and before["state"] == "running"
+        folder = tmp_path / "output" / "dream_window" / "resume"
+        state = json.loads((folder / "state.json").read_text())
+        recent = load_file(str(folder / state["latents_file"]))
+        last = recent[max(recent, key=lambda key: int(key.split("_")[1]))]
+        n_src = len(captured(tmp_path / "output", "cap_resume", "src"))
+        server.control("start", "resume")
+        server.wait_for(lambda: server.session("resume")["iteration"] >= before["iteration"] + 2, timeout=60,
+                        what="the resumed loop to run")
+        server.control("stop", "resume")
+        src = captured(tmp_path / "output", "cap_resume", "src")
+        assert torch.equal(src[n_src], last), "the first resumed iteration starts from the last committed keyframe"
+        assert server.session("resume")["frames"] == frames_formula(server.session("resume")["iteration"])
+    finally:
+        server.stop()
