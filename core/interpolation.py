@@ -65,8 +65,11 @@ def slerp_batch(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tens
     va = a.reshape(-1).to(torch.float64)
     vb = b.reshape(-1).to(torch.float64)
     na, nb = va.norm(), vb.norm()
+    if na * nb == 0:
+        return lerp_batch(a, b, t)
     ua, ub = va / (na + EPS), vb / (nb + EPS)
-    omega = torch.acos(torch.clamp(torch.dot(ua, ub), -1.0, 1.0))
+    # The angle comes from the exact cosine so that ε cannot hide an (anti)parallel pair.
+    omega = torch.acos(torch.clamp(torch.dot(va, vb) / (na * nb), -1.0, 1.0))
     sin_omega = torch.sin(omega)
     if sin_omega.abs() < SIN_FALLBACK:
         return lerp_batch(a, b, t)

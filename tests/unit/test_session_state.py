@@ -1,0 +1,121 @@
+import json
+import os
+
+import pytest
+import torch
+
+from core import atomic
+from core.session import Session, SessionError, SessionRegistry, strip_is_changed, validate_name
+
+
+@pytest.mark.parametrize("name", ["dream", "a", "Dream_2-x", "x" * 64])
+def test_valid_names(name):
+    assert validate_name(name) == name
+
+
+@pytest.mark.parametrize("name", ["", "../x", "a/b", "a\\b", "/abs", "C:evil", ".hidden", "-x", "x" * 65, "a b",
+                                  "a\x00b", "dr\u00e9am", None, 5, "..", "%2e%2e"])
+def test_invalid_names(name):
+    with pytest.raises(SessionError, match="invalid session name"):
+        validate_name(name)
+
+
+def test_commit_and_reload_round_trip(tmp_path):
+    reg = SessionRegistry(tmp_path)
+    s = reg.get("dream", create=True)
+    latents = [torch.randn(1, 4, 8, 8) for _ in range(7)]
+    for i, lat in enumerate(latents):
+        first, last = s.commit_keyframe(lat, seed=100 + i, frames=1 if i == 0 else 11, stats={"n": i})
+        assert first == (1 if i == 0 else 2 + (i - 1) * 11) and last == first + (0 if i == 0 else 10)
+    s.prompt, s.state = {"1": {"class_type": "X", "inputs": {}}}, "running"
+    s.save_control()
+    again = SessionRegistry(tmp_path).get("dream")
+    assert again.iteration == 7 and again.next_frame == 1 + 6 * 11 + 1
+    assert torch.equal(again.prev_latent, latents[-1])
+    assert len(again.recent_latents) == 5 and all(torch.equal(x, y) for x, y in zip(again.recent_latents, latents[-5:]))
+    assert again.seeds == [102, 103, 104, 105, 106] and again.stats == {"n": 6}
+    assert again.prompt == s.prompt and again.state == "running"
+    assert sorted(p.name for p in (tmp_path / "dream").glob("latents-*")) == ["latents-00000007.safetensors"]
+
+
+def test_failed_commit_leaves_state_unchanged(tmp_path, monkeypatch):
+    s = SessionRegistry(tmp_path).get("dream", create=True)
+    s.commit_keyframe(torch.ones(1, 4, 2, 2), 1, 1, {})
+    before = (tmp_path / "dream" / "state.json").read_bytes()
+    monkeypatch.setenv(atomic.FAULT_ENV, "before_replace:state.json:enospc")
+    with pytest.raises(OSError):
+        s.commit_keyframe(torch.zeros(1, 4, 2, 2), 2, 11, {})
+    assert s.iteration == 1 and torch.equal(s.prev_latent, torch.ones(1, 4, 2, 2))
+    assert (tmp_path / "dream" / "state.json").read_bytes() == before
+    monkeypatch.delenv(atomic.FAULT_ENV)
+    reloaded = SessionRegistry(tmp_path).get("dream")
+    assert reloaded.iteration == 1 and torch.equal(reloaded.prev_latent, torch.ones(1, 4, 2, 2))
+
+
+def test_reset_keeps_frame_numbering(tmp_path):
+    s = SessionRegistry(tmp_path).get("dream", create=True)
+    s.commit_keyframe(torch.ones(1, 4, 2, 2), 1, 1, {})
+    s.commit_keyframe(torch.ones(1, 4, 2, 2), 1, 11, {})
+    s.reset()
+    assert s.iteration == 0 and s.prev_latent is None and s.next_frame == 13
+    assert not list((tmp_path / "dream").glob("latents-*"))
+    assert SessionRegistry(tmp_path).get("dream").next_frame == 13
+
+
+def test_corrupt_files_give_clear_errors(tmp_path):
+    s = SessionRegistry(tmp_path).get("dream", create=True)
+    s.commit_keyframe(torch.ones(1, 4, 2, 2), 1, 1, {})
+    latents = tmp_path / "dream" / s.latents_file
+    latents.write_bytes(latents.read_bytes()[:20])
+    with pytest.raises(SessionError, match="reset the session"):
+        SessionRegistry(tmp_path).get("dream")
+    (tmp_path / "dream" / "state.json").write_text("{not json")
+    with pytest.raises(SessionError, match="cannot read"):
+        SessionRegistry(tmp_path).get("dream")
+
+
+def test_registry_refuses_links_and_files(tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "planted").symlink_to(outside, target_is_directory=True)
+    with pytest.raises(SessionError, match="link"):
+        SessionRegistry(root).get("planted", create=True)
+    (root / "afile").write_text("x")
+    with pytest.raises(SessionError, match="not a folder"):
+        SessionRegistry(root).get("afile", create=True)
+    assert not list(outside.iterdir())
+    with pytest.raises(KeyError):
+        SessionRegistry(root).get("missing")
+
+
+def test_strip_is_changed_copies():
+    prompt = {"4": {"class_type": "S", "inputs": {"name": "d"}, "is_changed": [float("nan")]}}
+    clean = strip_is_changed(prompt)
+    assert "is_changed" not in clean["4"] and "is_changed" in prompt["4"]
+    clean["4"]["inputs"]["name"] = "e"
+    assert prompt["4"]["inputs"]["name"] == "d"
+
+
+def test_atomic_write_survives_failure(tmp_path, monkeypatch):
+    target = tmp_path / "f.json"
+    atomic.atomic_write_json(target, {"v": 1})
+    monkeypatch.setenv(atomic.FAULT_ENV, "before_replace:f.json:enospc")
+    with pytest.raises(OSError, match="No space"):
+        atomic.atomic_write_json(target, {"v": 2})
+    assert json.loads(target.read_text()) == {"v": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["f.json"], "temp file removed"
+    with pytest.raises(ValueError):
+        atomic.atomic_write_json(tmp_path / "nan.json", {"v": float("nan")})
+
+
+def test_atomic_link_points_at_same_inode(tmp_path):
+    src = tmp_path / "frame.png"
+    src.write_bytes(b"png")
+    atomic.atomic_link(src, tmp_path / "current.png")
+    assert os.stat(tmp_path / "current.png").st_ino == src.stat().st_ino
+    other = tmp_path / "frame2.png"
+    other.write_bytes(b"png2")
+    atomic.atomic_link(other, tmp_path / "current.png")
+    assert (tmp_path / "current.png").read_bytes() == b"png2"

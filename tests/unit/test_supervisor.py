@@ -1,0 +1,199 @@
+"""The re-queue supervisor against a fake server backend (pure asyncio, no ComfyUI)."""
+
+import asyncio
+
+import pytest
+import torch
+
+from core import supervisor as sup_mod
+from core.session import SessionRegistry
+from core.supervisor import Supervisor
+
+PROMPT = {"4": {"class_type": "DreamWindowSession", "inputs": {"name": "s"}, "is_changed": [1.0]}}
+
+
+class FakeBackend:
+    def __init__(self):
+        self.results = {}
+        self.queued = []
+        self.deleted = []
+        self.busy = False
+        self.reject = 0
+        self._n = 0
+
+    def prompt_result(self, prompt_id):
+        return self.results.get(prompt_id)
+
+    def session_queued(self, session):
+        return self.busy
+
+    async def queue_prompt(self, prompt, client_id):
+        if self.reject:
+            self.reject -= 1
+            raise RuntimeError("ComfyUI refused the stored workflow: missing model")
+        self._n += 1
+        pid = f"p{self._n}"
+        self.queued.append((pid, prompt, client_id))
+        return pid
+
+    def delete_history(self, prompt_id):
+        self.deleted.append(prompt_id)
+
+
+@pytest.fixture(autouse=True)
+def fast(monkeypatch):
+    monkeypatch.setattr(sup_mod, "BACKOFF_BASE", 0.001)
+    monkeypatch.setattr(sup_mod, "POLL_INTERVAL", 0.001)
+    monkeypatch.setattr(sup_mod, "HOLD_POLL", 0.005)
+
+
+def make(tmp_path, hold=lambda: False):
+    session = SessionRegistry(tmp_path).get("s", create=True)
+    backend = FakeBackend()
+    return session, backend, Supervisor(session, backend, hold)
+
+
+async def settle(cond, timeout=2.0):
+    for _ in range(int(timeout / 0.002)):
+        if cond():
+            return
+        await asyncio.sleep(0.002)
+    raise AssertionError("condition not reached")
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_success_requeues_stripped_prompt_with_client_id(tmp_path):
+    async def main():
+        session, backend, sup = make(tmp_path)
+        sup.attach("u1", PROMPT, "client-a", {"enabled": True})
+        assert session.state == "running"
+        backend.results["u1"] = ("success", None)
+        await settle(lambda: backend.queued)
+        pid, prompt, cid = backend.queued[0]
+        assert "is_changed" not in prompt["4"] and cid == "client-a"
+        sup.attach(pid, prompt, None, {"enabled": True})
+        backend.results[pid] = ("success", None)
+        await settle(lambda: len(backend.queued) == 2)
+        assert backend.deleted == ["u1"], "the previous finished prompt leaves history"
+    run(main())
+
+
+def test_errors_retry_with_backoff_then_pause(tmp_path):
+    async def main():
+        session, backend, sup = make(tmp_path)
+        sup.attach("u1", PROMPT, None, {"enabled": True})
+        backend.results["u1"] = ("error", {"message": "boom", "node_type": "KSampler", "node_id": "6"})
+        for n in range(1, 4):
+            await settle(lambda: len(backend.queued) == n)
+            backend.results[backend.queued[-1][0]] = ("error", {"message": "boom", "node_type": "KSampler"})
+        await settle(lambda: session.state == "paused")
+        assert len(backend.queued) == 3 and session.error["retries"] == 3 and session.error["message"] == "boom"
+        await asyncio.sleep(0.05)
+        assert len(backend.queued) == 3
+        reloaded = SessionRegistry(tmp_path).get("s")
+        assert reloaded.state == "paused" and reloaded.error["message"] == "boom"
+    run(main())
+
+
+def test_a_success_resets_the_retry_count(tmp_path):
+    async def main():
+        session, backend, sup = make(tmp_path)
+        sup.attach("u1", PROMPT, None, {"enabled": True})
+        outcomes = ["error", "error", "success", "error", "error", "error", "success"]
+        backend.results["u1"] = (outcomes[0], {"message": "x"})
+        for i, outcome in enumerate(outcomes[1:], start=1):
+            await settle(lambda: len(backend.queued) == i)
+            backend.results[backend.queued[-1][0]] = (outcome, {"message": "x"} if outcome == "error" else None)
+        await settle(lambda: len(backend.queued) == len(outcomes))
+        assert session.state == "running"
+    run(main())
+
+
+def test_interrupt_pauses_without_retry(tmp_path):
+    async def main():
+        session, backend, sup = make(tmp_path)
+        sup.attach("u1", PROMPT, None, {"enabled": True})
+        backend.results["u1"] = ("interrupted", None)
+        await settle(lambda: session.state == "paused")
+        await asyncio.sleep(0.02)
+        assert backend.queued == []
+    run(main())
+
+
+def test_pause_and_stop_take_effect_at_the_boundary(tmp_path):
+    async def main():
+        session, backend, sup = make(tmp_path)
+        sup.attach("u1", PROMPT, None, {"enabled": True})
+        sup.set_state("stopped")
+        backend.results["u1"] = ("success", None)
+        await asyncio.sleep(0.05)
+        assert backend.queued == [] and session.state == "stopped"
+        pid = await sup.start()
+        assert session.state == "running" and backend.queued[-1][0] == pid
+        sup.set_state("paused")
+        sup.attach(pid, PROMPT, None, None)
+        assert session.state == "paused", "the chain's own prompt never overrides a user's pause"
+    run(main())
+
+
+def test_one_chain_when_another_prompt_of_the_session_is_queued(tmp_path):
+    async def main():
+        session, backend, sup = make(tmp_path)
+        sup.attach("u1", PROMPT, None, {"enabled": True})
+        backend.busy = True
+        backend.results["u1"] = ("success", None)
+        await asyncio.sleep(0.05)
+        assert backend.queued == []
+    run(main())
+
+
+def test_max_iterations_and_disabled_autoqueue(tmp_path):
+    async def main():
+        session, backend, sup = make(tmp_path)
+        session.commit_keyframe(torch.zeros(1, 4, 2, 2), 1, 1, {})
+        sup.attach("u1", PROMPT, None, {"enabled": True, "max_iterations": 1})
+        backend.results["u1"] = ("success", None)
+        await settle(lambda: session.state == "stopped")
+        assert backend.queued == []
+        sup.attach("u2", PROMPT, None, {"enabled": False, "max_iterations": 0})
+        assert session.state == "idle"
+        backend.results["u2"] = ("error", {"message": "x"})
+        await asyncio.sleep(0.05)
+        assert backend.queued == [], "no retries for a single-shot run"
+    run(main())
+
+
+def test_rejected_prompt_counts_as_failure(tmp_path):
+    async def main():
+        session, backend, sup = make(tmp_path)
+        backend.reject = 10
+        sup.attach("u1", PROMPT, None, {"enabled": True})
+        backend.results["u1"] = ("success", None)
+        await settle(lambda: session.state == "paused")
+        assert "refused" in session.error["message"]
+    run(main())
+
+
+def test_hold_delays_the_requeue(tmp_path):
+    held = {"on": True}
+
+    async def main():
+        session, backend, sup = make(tmp_path, hold=lambda: held["on"])
+        sup.attach("u1", PROMPT, None, {"enabled": True})
+        backend.results["u1"] = ("success", None)
+        await asyncio.sleep(0.05)
+        assert backend.queued == []
+        held["on"] = False
+        await settle(lambda: backend.queued)
+    run(main())
+
+
+def test_start_without_stored_prompt(tmp_path):
+    async def main():
+        session, backend, sup = make(tmp_path)
+        with pytest.raises(LookupError, match="queue the Dream Window workflow once"):
+            await sup.start()
+    run(main())
