@@ -80,6 +80,12 @@ async def control(request: web.Request) -> web.Response:
     return web.json_response(result)
 
 
+async def control_get(request: web.Request) -> web.Response:
+    """A GET (e.g. a cross-site link or image tag) never drives a session."""
+    return web.json_response({"error": f"{request.path}: use POST with a JSON body"}, status=405,
+                             headers={"Allow": "POST"})
+
+
 async def sessions(request: web.Request) -> web.Response:
     listed = []
     for name in RUNTIME.registry.names():
@@ -95,3 +101,4 @@ def register() -> None:
     routes = comfy.routes()
     routes.get("/dream_window/sessions")(sessions)
     routes.post("/dream_window/{action}")(control)
+    routes.get("/dream_window/{action}")(control_get)

@@ -1,0 +1,99 @@
+"""Bad input gets a clear error naming the node and the fix; the session's state survives."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from loop_helpers import captured, dream_workflow
+
+pytestmark = pytest.mark.e2e
+
+
+def run_once(comfy, wf, name, iteration):
+    comfy.queue(wf)
+    return comfy.wait_for(lambda: (s := comfy.session(name)) and (s["iteration"] >= iteration or s["last_error"]) and s,
+                          timeout=60, what=f"{name} to finish an iteration")
+
+
+def test_invalid_session_name_is_a_validation_error(comfy):
+    wf = dream_workflow("../escape")
+    status, data = comfy.post_json("/prompt", {"prompt": wf})
+    assert status == 400
+    assert "invalid session name" in json.dumps(data["node_errors"])
+    assert not (comfy.base / "output" / "escape").exists()
+
+
+def test_resolution_change_mid_session_needs_a_reset(comfy):
+    state = run_once(comfy, dream_workflow("sizes", autoqueue=False), "sizes", 1)
+    assert state["iteration"] == 1 and state["state"] == "idle"
+    folder = comfy.base / "output" / "dream_window" / "sizes"
+    latents_before = {p.name: p.read_bytes() for p in folder.glob("latents-*")}
+    state = run_once(comfy, dream_workflow("sizes", size=128, autoqueue=False), "sizes", 2)
+    err = state["last_error"]
+    assert err and "DreamWindowKeyframeSource" in err["message"] and "reset the session" in err["message"]
+    assert state["iteration"] == 1
+    assert {p.name: p.read_bytes() for p in folder.glob("latents-*")} == latents_before
+    comfy.control("reset", "sizes")
+    state = run_once(comfy, dream_workflow("sizes", size=128, autoqueue=False), "sizes", 1)
+    assert state["iteration"] == 1 and state["last_error"] is None
+
+
+@pytest.mark.parametrize("folder, setup, expected", [
+    ("missing_seeds", None, "does not exist"),
+    ("empty_seeds", "empty", "holds no"),
+    ("../../etc", None, "leaves ComfyUI's input folder"),
+])
+def test_seed_folder_errors(comfy, folder, setup, expected):
+    if setup == "empty":
+        (comfy.base / "input" / folder).mkdir(parents=True, exist_ok=True)
+    name = f"seedless_{setup or 'x'}_{len(folder)}"
+    wf = dream_workflow(name, autoqueue=False)
+    wf["5"]["inputs"]["seed_folder"] = folder
+    state = run_once(comfy, wf, name, 1)
+    assert state["iteration"] == 0
+    assert "DreamWindowKeyframeSource" in state["last_error"]["message"]
+    assert expected in state["last_error"]["message"]
+
+
+def test_seed_folder_bootstraps_the_first_keyframe(comfy):
+    seeds = comfy.base / "input" / "seeds"
+    seeds.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(3)
+    Image.fromarray(rng.integers(0, 255, (50, 100, 3), dtype=np.uint8)).save(seeds / "seed.png")
+    wf = dream_workflow("seeded", autoqueue=False, capture="cap_seeded")
+    wf["5"]["inputs"]["seed_folder"] = "seeds"
+    state = run_once(comfy, wf, "seeded", 1)
+    assert state["iteration"] == 1 and state["last_error"] is None
+    src = captured(comfy.base / "output", "cap_seeded", "src")
+    assert len(src) == 1 and src[0].shape == (1, 4, 8, 8) and src[0].abs().sum() > 0, "seed encoded by the VAE"
+
+
+@pytest.mark.parametrize("prefix", ["", "/api"])
+def test_control_routes_reject_bad_requests(comfy, prefix):
+    path = f"{prefix}/dream_window/stop"
+    status, body, _ = comfy.request("POST", path, b'{"session": "dream"}', {"Content-Type": "text/plain"})
+    assert status == 415 and "application/json" in json.loads(body)["error"]
+    status, body, _ = comfy.request("GET", path)
+    assert status == 405
+    status, body, _ = comfy.request("POST", path, b"{nope", {"Content-Type": "application/json"})
+    assert status == 400 and "not valid JSON" in json.loads(body)["error"]
+    status, data = comfy.post_json(path, {"session": "../../etc"})
+    assert status == 400 and "invalid session name" in data["error"]
+    status, data = comfy.post_json(path, {"session": "never_made"})
+    assert status == 404 and "unknown session" in data["error"]
+    status, data = comfy.post_json(f"{prefix}/dream_window/explode", {"session": "dream"})
+    assert status == 404
+    status, data = comfy.post_json(path, ["session"])
+    assert status == 400
+
+
+def test_sessions_route_lists_state(comfy):
+    run_once(comfy, dream_workflow("listed", autoqueue=False), "listed", 1)
+    listed = comfy.get("/dream_window/sessions")["sessions"]
+    entry = next(s for s in listed if s["session"] == "listed")
+    assert entry["iteration"] == 1 and entry["frames"] == 1 and entry["state"] == "idle"
+    assert comfy.get("/api/dream_window/sessions") == comfy.get("/dream_window/sessions")
