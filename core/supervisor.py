@@ -52,10 +52,12 @@ class Supervisor:
     """Re-queues one session's prompt after each iteration (see the module docstring)."""
 
     def __init__(self, session: Session, backend: LoopBackend,
-                 hold: Callable[[], bool] = lambda: False):
+                 hold: Callable[[], bool] = lambda: False,
+                 notify: Callable[[dict], None] = lambda summary: None):
         self.session = session
         self.backend = backend
         self.hold = hold
+        self.notify = notify
         self.failures = 0
         self.watching: set[str] = set()
         self.own_prompts: set[str] = set()
@@ -86,6 +88,8 @@ class Supervisor:
                 s.state = "running" if s.settings.get("enabled", True) else "idle"
                 s.error = None
             s.save_control()
+        if user_started:
+            self.notify(s.summary())
         self.watching.add(prompt_id)
         self._ensure_task()
 
@@ -102,6 +106,7 @@ class Supervisor:
             s.state, s.error = "running", None
             s.save_control()
         self.failures = 0
+        self.notify(s.summary())
         if self.backend.session_queued(s.name):
             return "already queued"
         return await self._queue()
@@ -112,6 +117,7 @@ class Supervisor:
             self.session.state = state
             self.session.save_control()
         self._wake.set()
+        self.notify(self.session.summary())
 
     # -- the watcher --
     def _ensure_task(self) -> None:
@@ -175,6 +181,7 @@ class Supervisor:
                 log.info("dream_window[%s]: reached max_iterations=%d; stopped", s.name, limit)
                 s.state = "stopped"
                 s.save_control()
+                self.notify(s.summary())
         if not settings.get("enabled", True):
             return
         delay = float(settings.get("min_delay") or 0.0)

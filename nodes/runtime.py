@@ -54,7 +54,8 @@ class Runtime:
         """The session's supervisor; call on the server loop only."""
         sup = self.supervisors.get(name)
         if sup is None:
-            sup = Supervisor(self.session(name), self.backend)
+            sup = Supervisor(self.session(name), self.backend,
+                             notify=lambda summary: comfy.send_event("dream_window.session", summary))
             self.supervisors[name] = sup
         return sup
 
