@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from typing import Callable, Protocol
 
 from .session import Session, strip_is_changed
@@ -41,8 +42,8 @@ class LoopBackend(Protocol):
     def session_queued(self, session: str) -> bool:
         """Whether any queued or running prompt belongs to ``session``."""
 
-    async def queue_prompt(self, prompt: dict, client_id: str | None) -> str:
-        """Queue through the server's own ``/prompt`` handling; returns the prompt id."""
+    async def queue_prompt(self, prompt: dict, client_id: str | None, prompt_id: str) -> None:
+        """Queue through the server's own ``/prompt`` handling under the given prompt id."""
 
     def delete_history(self, prompt_id: str) -> None:
         """Remove a finished prompt from the server's history."""
@@ -204,8 +205,14 @@ class Supervisor:
         s = self.session
         with s.lock:
             prompt, client_id = s.prompt, s.client_id
-        prompt_id = await self.backend.queue_prompt(strip_is_changed(prompt), client_id)
+        # The id is ours before the POST: the prompt may start (and attach) before the reply arrives.
+        prompt_id = str(uuid.uuid4())
         self.own_prompts.add(prompt_id)
+        try:
+            await self.backend.queue_prompt(strip_is_changed(prompt), client_id, prompt_id)
+        except BaseException:
+            self.own_prompts.discard(prompt_id)
+            raise
         # Watch it from now on: a node that fails before the session node runs must retry too.
         self.watching.add(prompt_id)
         self._ensure_task()

@@ -7,7 +7,6 @@ current upstream); ``comfy_api.latest`` is the fallback.
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 import logging
 from typing import Any, Callable
@@ -127,14 +126,14 @@ class ComfyBackend:
         running, queued = self.queue.get_current_queue_volatile()
         return any(_session_of(item[2], self.session_class_type, session) for item in list(running) + list(queued))
 
-    async def queue_prompt(self, prompt: dict, client_id: str | None) -> str:
+    async def queue_prompt(self, prompt: dict, client_id: str | None, prompt_id: str) -> None:
         import aiohttp
 
         srv = PromptServer.instance
         host = srv.address if srv.address not in (None, "", "0.0.0.0", "::") else "127.0.0.1"
         if ":" in host and not host.startswith("["):
             host = f"[{host}]"
-        body: dict = {"prompt": prompt}
+        body: dict = {"prompt": prompt, "prompt_id": prompt_id}
         if client_id:
             body["client_id"] = client_id
         if self._http is None or self._http.closed:
@@ -148,11 +147,6 @@ class ComfyBackend:
                                     for e in node.get("errors", []))
                 raise RuntimeError(f"ComfyUI refused the stored workflow: {error.get('message')}"
                                    + (f" — {details}" if details else ""))
-            return data["prompt_id"]
 
     def delete_history(self, prompt_id: str) -> None:
         self.queue.delete_history_item(prompt_id)
-
-
-def on_server_loop() -> asyncio.AbstractEventLoop:
-    return PromptServer.instance.loop

@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from comfy_server import ComfyServer, REPO
+from harness.comfy_process import ComfyServer, REPO
+from loop_helpers import TEST_PACKS
 
 ARTIFACTS = Path(os.environ.get("DW_TEST_ARTIFACTS", REPO / "test-artifacts"))
 
@@ -26,7 +27,7 @@ def comfy_base():
 @pytest.fixture(scope="session")
 def comfy(comfy_base, artifacts):
     """One ComfyUI server shared by the end-to-end tests (each test uses its own session names)."""
-    server = ComfyServer(comfy_base).start()
+    server = ComfyServer(comfy_base, extra_packs=TEST_PACKS).start()
     yield server
     server.stop()
     shutil.copy(server.log_path, artifacts / "comfy-e2e.log")

@@ -8,7 +8,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from comfy_server import TINY_SD15, load_api_workflow
+from harness.comfy_process import REPO, TINY_SD15, load_api_workflow
+
+TEST_PACKS = {"dw_test_pack": REPO / "tests" / "fixtures" / "dw_test_pack"}
 
 # Fields a test may change in the bundled workflow; everything else must stay as shipped.
 WHITELIST = {("1", "ckpt_name"), ("5", "width"), ("5", "height"), ("6", "steps"), ("4", "name"),

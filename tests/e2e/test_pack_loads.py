@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from comfy_server import PACK_NAME, REPO
+from harness.comfy_process import PACK_NAME, REPO
 
 pytestmark = pytest.mark.e2e
 

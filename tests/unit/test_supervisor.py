@@ -19,7 +19,7 @@ class FakeBackend:
         self.deleted = []
         self.busy = False
         self.reject = 0
-        self._n = 0
+        self.on_queue = None
 
     def prompt_result(self, prompt_id):
         return self.results.get(prompt_id)
@@ -27,14 +27,13 @@ class FakeBackend:
     def session_queued(self, session):
         return self.busy
 
-    async def queue_prompt(self, prompt, client_id):
+    async def queue_prompt(self, prompt, client_id, prompt_id):
         if self.reject:
             self.reject -= 1
             raise RuntimeError("ComfyUI refused the stored workflow: missing model")
-        self._n += 1
-        pid = f"p{self._n}"
-        self.queued.append((pid, prompt, client_id))
-        return pid
+        if self.on_queue:
+            self.on_queue(prompt_id)
+        self.queued.append((prompt_id, prompt, client_id))
 
     def delete_history(self, prompt_id):
         self.deleted.append(prompt_id)
@@ -196,4 +195,19 @@ def test_start_without_stored_prompt(tmp_path):
         session, backend, sup = make(tmp_path)
         with pytest.raises(LookupError, match="queue the Dream Window workflow once"):
             await sup.start()
+    run(main())
+
+
+def test_retry_that_starts_before_the_post_returns_keeps_counting(tmp_path):
+    """A re-queued prompt may begin executing (and attach) before the HTTP reply arrives."""
+    async def main():
+        session, backend, sup = make(tmp_path)
+        backend.on_queue = lambda pid: sup.attach(pid, PROMPT, None, None)
+        sup.attach("u1", PROMPT, None, {"enabled": True})
+        backend.results["u1"] = ("error", {"message": "boom"})
+        for n in range(1, 4):
+            await settle(lambda: len(backend.queued) == n)
+            backend.results[backend.queued[-1][0]] = ("error", {"message": "boom"})
+        await settle(lambda: session.state == "paused")
+        assert len(backend.queued) == 3 and session.error["retries"] == 3
     run(main())

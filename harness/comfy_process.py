@@ -1,7 +1,9 @@
-"""A real ComfyUI server for the end-to-end tests, started from COMFYUI_DIR (or the harness).
+"""Starts and drives a real ComfyUI server (tests, the headless demo, benchmarks).
 
-The pack is linked into ``<base>/custom_nodes/dream_window``; models are synthesised once
-per harness (``harness/make_tiny_models.py``) and linked into ``<base>/models``.
+ComfyUI comes from COMFYUI_DIR, else from the harness build (``harness/setup_comfyui.sh``).
+The pack is linked into ``<base>/custom_nodes/dream_window``; models come from ``models``
+(default: synthesised once per harness by ``harness/make_tiny_models.py``), linked into
+``<base>/models``.
 """
 
 from __future__ import annotations
@@ -47,20 +49,24 @@ def ensure_models(kinds: tuple[str, ...] = ("taesd", "sd15")) -> Path:
 class ComfyServer:
     """One ComfyUI process on a base directory; can be killed and restarted on the same base."""
 
-    def __init__(self, base: Path, port: int | None = None, env: dict | None = None):
+    def __init__(self, base: Path, port: int | None = None, env: dict | None = None,
+                 extra_packs: dict[str, Path] | None = None, models: Path | None = None,
+                 python: str = sys.executable, listen: str = "127.0.0.1"):
         self.base = Path(base)
         self.port = port or free_port()
         self.env = env or {}
+        self.python = python
+        self.listen = listen
         self.proc: subprocess.Popen | None = None
         self.client_id = uuid.uuid4().hex
         (self.base / "custom_nodes").mkdir(parents=True, exist_ok=True)
-        for name, target in ((PACK_NAME, REPO), ("dw_test_pack", REPO / "tests" / "fixtures" / "dw_test_pack")):
+        for name, target in {PACK_NAME: REPO, **(extra_packs or {})}.items():
             link = self.base / "custom_nodes" / name
             if not link.exists():
                 link.symlink_to(target, target_is_directory=True)
-        models = self.base / "models"
-        if not models.exists():
-            models.symlink_to(ensure_models(), target_is_directory=True)
+        link = self.base / "models"
+        if not link.exists():
+            link.symlink_to(models or ensure_models(), target_is_directory=True)
 
     @property
     def url(self) -> str:
@@ -71,9 +77,11 @@ class ComfyServer:
         return self.base / "comfy.log"
 
     def start(self, timeout: float = 120.0) -> "ComfyServer":
-        cmd = [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
+        cmd = [self.python, "main.py", "--listen", self.listen, "--port", str(self.port),
                "--disable-auto-launch", "--base-directory", str(self.base), "--database-url", "sqlite:///:memory:",
                "--disable-api-nodes"]
+        if os.environ.get("DW_COMFY_GPU") != "1":
+            cmd.append("--cpu")
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(cmd, cwd=COMFYUI_DIR, stdout=log, stderr=subprocess.STDOUT,
                                      env={**os.environ, **self.env}, start_new_session=True)
