@@ -51,12 +51,13 @@ class ComfyServer:
 
     def __init__(self, base: Path, port: int | None = None, env: dict | None = None,
                  extra_packs: dict[str, Path] | None = None, models: Path | None = None,
-                 python: str = sys.executable, listen: str = "127.0.0.1"):
+                 python: str = sys.executable, listen: str = "127.0.0.1", cpu: bool = True):
         self.base = Path(base)
         self.port = port or free_port()
         self.env = env or {}
         self.python = python
         self.listen = listen
+        self.cpu = cpu
         self.proc: subprocess.Popen | None = None
         self.client_id = uuid.uuid4().hex
         (self.base / "custom_nodes").mkdir(parents=True, exist_ok=True)
@@ -80,7 +81,7 @@ class ComfyServer:
         cmd = [self.python, "main.py", "--listen", self.listen, "--port", str(self.port),
                "--disable-auto-launch", "--base-directory", str(self.base), "--database-url", "sqlite:///:memory:",
                "--disable-api-nodes"]
-        if os.environ.get("DW_COMFY_GPU") != "1":
+        if self.cpu:
             cmd.append("--cpu")
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(cmd, cwd=COMFYUI_DIR, stdout=log, stderr=subprocess.STDOUT,

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+
 from . import routes
 from .comfy_adapter import ComfyExtension
 from .loop_nodes import NODES
+from .runtime import RUNTIME
+
+RESUME_ENV = "DREAM_WINDOW_RESUME_ON_START"
 
 _registered = False
 
@@ -19,4 +25,6 @@ async def entrypoint() -> DreamWindowExtension:
     if not _registered:
         routes.register()
         _registered = True
+        if os.environ.get(RESUME_ENV) == "1":
+            asyncio.get_running_loop().create_task(RUNTIME.resume_running())
     return DreamWindowExtension()

@@ -130,6 +130,8 @@ class ComfyBackend:
         import aiohttp
 
         srv = PromptServer.instance
+        if not hasattr(srv, "address"):
+            raise ConnectionError("ComfyUI's server is not listening yet")
         host = srv.address if srv.address not in (None, "", "0.0.0.0", "::") else "127.0.0.1"
         if ":" in host and not host.startswith("["):
             host = f"[{host}]"

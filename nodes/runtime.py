@@ -6,6 +6,7 @@ that must outlast one prompt lives here, keyed by session name.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
@@ -78,6 +79,33 @@ class Runtime:
 
     def _attach(self, name, prompt_id, prompt, client_id, settings) -> None:
         self.supervisor(name).attach(prompt_id, prompt, client_id, settings)
+
+    async def resume_running(self, attempts: int = 240, delay: float = 0.5) -> None:
+        """Re-queue every session that was running when the server stopped (opt-in at start-up).
+
+        Runs on the server loop as soon as ComfyUI imports the pack; the first POST may come
+        before the server listens, so connection errors are retried for up to two minutes.
+        """
+        names = [n for n in self.registry.names() if self._resumable(n)]
+        for name in names:
+            for _ in range(attempts):
+                try:
+                    await self.supervisor(name).start()
+                    log.info("dream_window[%s]: resumed at server start", name)
+                    break
+                except OSError:
+                    await asyncio.sleep(delay)
+                except Exception as exc:
+                    log.error("dream_window[%s]: could not resume at server start: %s", name, exc)
+                    break
+
+    def _resumable(self, name: str) -> bool:
+        try:
+            session = self.session(name)
+        except Exception as exc:
+            log.error("dream_window[%s]: not resumed: %s", name, exc)
+            return False
+        return session.state == "running" and session.prompt is not None
 
     def forget(self, name: str) -> None:
         """Drop in-memory objects of a deleted session."""

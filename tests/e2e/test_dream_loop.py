@@ -133,9 +133,18 @@ def test_killed_server_resumes_from_last_committed_keyframe(tmp_path):
         server.control("start", "resume")
         server.wait_for(lambda: server.session("resume")["iteration"] >= before["iteration"] + 2, timeout=60,
                         what="the resumed loop to run")
-        server.control("stop", "resume")
         src = captured(tmp_path / "output", "cap_resume", "src")
         assert torch.equal(src[n_src], last), "the first resumed iteration starts from the last committed keyframe"
+
+        # Opt-in: a running session resumes by itself when the server starts again.
+        server.kill()
+        server.env["DREAM_WINDOW_RESUME_ON_START"] = "1"
+        server.start()
+        again = server.session("resume")["iteration"]
+        server.wait_for(lambda: server.session("resume")["iteration"] >= again + 2, timeout=60,
+                        what="the loop to resume at server start with no request")
+        server.control("stop", "resume")
+        time.sleep(1)
         assert server.session("resume")["frames"] == frames_formula(server.session("resume")["iteration"])
     finally:
         server.stop()

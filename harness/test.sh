@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Sets everything up and runs the whole test suite (what .ci/run calls). Extra args go to pytest.
+set -euo pipefail
+repo=$(cd "$(dirname "$0")/.." && pwd)
+bash "$repo/harness/setup_comfyui.sh"
+H=${DW_HARNESS_DIR:-$repo/.harness}
+cd "$repo"
+# pytest exits 5 when it collected no test: that fails this script like any other non-zero exit.
+exec "${COMFYUI_PYTHON:-$H/venv/bin/python}" -m pytest -c tests/pytest.ini tests "$@"
