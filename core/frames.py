@@ -1,8 +1,8 @@
 """Writes each frame to disk exactly once, off the caller's thread.
 
-Frames go to ``<folder>/frame_<index>.png`` (one PNG encode each), older frames beyond the
-retention limit are deleted, and ``current_frame.png`` beside the folder is re-pointed at
-the newest file by hard link + ``os.replace`` (no second encode).
+Frames go to ``<folder>/frame_<index>.png`` (one PNG encode each, written atomically) and
+older frames beyond the retention limit are deleted. Callbacks tell the playback side which
+frames now exist and which are gone.
 """
 
 from __future__ import annotations
@@ -13,12 +13,13 @@ import queue
 import re
 import threading
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 from PIL import Image
 
-from .atomic import atomic_link, atomic_write_bytes
+from .atomic import atomic_write_bytes
 
 log = logging.getLogger("dream_window")
 
@@ -43,10 +44,13 @@ def encode_png(frame: np.ndarray) -> bytes:
 class FrameWriter:
     """One background thread per session folder; ``submit`` never blocks on disk."""
 
-    def __init__(self, folder: Path, current_link: Path | None, retention: int):
+    def __init__(self, folder: Path, retention: int,
+                 on_written: Callable[[list[tuple[int, str]]], None] = lambda frames: None,
+                 on_pruned: Callable[[int], None] = lambda oldest_kept: None):
         self.folder = Path(folder)
-        self.current_link = current_link
         self.retention = retention
+        self.on_written = on_written
+        self.on_pruned = on_pruned
         self.error: OSError | None = None
         self.last_written: int | None = None
         self._queue: queue.Queue = queue.Queue()
@@ -73,11 +77,13 @@ class FrameWriter:
             first, frames = item
             try:
                 self.folder.mkdir(parents=True, exist_ok=True)
+                written = []
                 for offset, frame in enumerate(frames):
-                    atomic_write_bytes(self.folder / frame_name(first + offset), encode_png(frame))
+                    path = self.folder / frame_name(first + offset)
+                    atomic_write_bytes(path, encode_png(frame))
+                    written.append((first + offset, str(path)))
                     self.last_written = first + offset
-                if self.current_link is not None and self.last_written is not None:
-                    atomic_link(self.folder / frame_name(self.last_written), self.current_link)
+                self.on_written(written)
                 self._prune()
                 self.error = None
             except OSError as exc:
@@ -92,3 +98,4 @@ class FrameWriter:
             match = FRAME_RE.match(path.name)
             if match and int(match.group(1)) < oldest_kept:
                 path.unlink(missing_ok=True)
+        self.on_pruned(oldest_kept)

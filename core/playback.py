@@ -232,6 +232,24 @@ class Player:
         with self._lock:
             return self._due_time() if self._started else None
 
+    def forget_before(self, index: int) -> None:
+        """Drop frames below ``index`` that no longer exist (deleted by the retention limit).
+
+        Playback jumps over them instead of waiting forever for a file that is gone, which
+        also bounds the buffer when generation outruns playback (throttling off).
+        """
+        with self._lock:
+            for stale in [i for i in self._pending if i < index]:
+                del self._pending[stale]
+            if self._next is not None and self._next < index:
+                self._next = index
+                if self._started:
+                    self._anchor(self._clock())
+            if self._ready_end is not None and self._ready_end < index:
+                self._ready_end = index
+            while self._ready_end is not None and self._ready_end in self._pending:
+                self._ready_end += 1
+
     def force_start(self) -> None:
         """Let playback start with any ready frame, without waiting for the minimum buffer."""
         with self._lock:
@@ -246,6 +264,11 @@ class Player:
         """Resume after ``pause``; a pause longer than one interval re-anchors the clock."""
         with self._lock:
             self._paused = False
+
+    def pending_frames(self) -> list[tuple[int, str]]:
+        """The received, not yet played frames as ``(index, path)`` pairs, in index order."""
+        with self._lock:
+            return [(i, self._pending[i].path) for i in sorted(self._pending)]
 
     def latest(self) -> Frame | None:
         """Return the frame shown most recently, or None if none was shown yet."""

@@ -78,6 +78,8 @@ class Session:
     client_id: str | None = None
     settings: dict = field(default_factory=lambda: {"enabled": True, "max_iterations": 0, "min_delay": 0.0})
     stats: dict = field(default_factory=dict)
+    rotation: dict = field(default_factory=dict)
+    policy: dict = field(default_factory=dict)
     created: float = field(default_factory=time.time)
     latents_file: str | None = None
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
@@ -115,6 +117,8 @@ class Session:
             "client_id": self.client_id,
             "settings": self.settings,
             "stats": self.stats,
+            "rotation": self.rotation,
+            "policy": self.policy,
             "created": self.created,
             "latents_file": self.latents_file,
         }
@@ -125,11 +129,12 @@ class Session:
             atomic_write_json(self.folder / "state.json", self._json())
 
     def commit_keyframe(self, latent: torch.Tensor, seed: int | None, frames: int,
-                        stats: dict) -> tuple[int, int]:
+                        stats: dict, updates: dict | None = None) -> tuple[int, int]:
         """Record a new keyframe; returns the (first, last) frame index given to its frames.
 
+        ``updates`` sets other persisted fields (``rotation``, ``policy``) in the same commit.
         The latents file is written before ``state.json``; older latents files are removed
-        only after the new state is durable.
+        only after the new state is durable. On failure nothing changes, in memory or on disk.
         """
         with self.lock:
             latent = latent.detach().to("cpu", torch.float32).contiguous()
@@ -141,17 +146,21 @@ class Session:
                                save(tensors, metadata={"iteration": str(iteration), "session": self.name}))
             first = self.next_frame
             old = (self.iteration, self.next_frame, self.prev_latent, self.recent_latents,
-                   self.seeds, self.stats, self.latents_file)
+                   self.seeds, self.stats, self.latents_file, self.rotation, self.policy)
             self.iteration, self.next_frame = iteration, first + frames
             self.prev_latent, self.recent_latents = latent, recent
             self.seeds = (self.seeds + ([seed] if seed is not None else []))[-RECENT_KEYFRAMES:]
             self.stats = stats
             self.latents_file = latents_file
+            for key, value in (updates or {}).items():
+                if key not in ("rotation", "policy"):
+                    raise ValueError(f"commit cannot update {key!r}")
+                setattr(self, key, value)
             try:
                 self.save_control()
             except BaseException:
                 (self.iteration, self.next_frame, self.prev_latent, self.recent_latents,
-                 self.seeds, self.stats, self.latents_file) = old
+                 self.seeds, self.stats, self.latents_file, self.rotation, self.policy) = old
                 raise
             for stale in self.folder.glob("latents-*.safetensors"):
                 if stale.name != latents_file:
@@ -164,6 +173,7 @@ class Session:
             self.iteration = 0
             self.prev_latent, self.recent_latents, self.seeds = None, [], []
             self.error, self.stats, self.latents_file = None, {}, None
+            self.rotation, self.policy = {}, {}
             self.state = "idle"
             self.save_control()
             for stale in self.folder.glob("latents-*.safetensors"):
@@ -180,7 +190,7 @@ class Session:
                                f"delete or reset the session to start it afresh") from exc
         session = cls(name=name, folder=folder)
         for key in ("iteration", "next_frame", "seeds", "state", "error", "prompt", "client_id",
-                    "settings", "stats", "created", "latents_file"):
+                    "settings", "stats", "rotation", "policy", "created", "latents_file"):
             if key in data:
                 setattr(session, key, data[key])
         if session.state not in STATES:

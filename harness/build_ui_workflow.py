@@ -1,18 +1,24 @@
-"""Builds a UI-format workflow (what the graph editor loads) from an API-format one.
+"""Builds the UI-format workflows (what the graph editor loads) from their API twins.
 
-    python harness/build_ui_workflow.py OBJECT_INFO.json workflows/api/X.json workflows/X.json
+    python harness/build_ui_workflow.py
 
-The API workflow is the source of truth; this writes its UI twin with a layout, links,
-widget values in ComfyUI's widget order and a Note node explaining start and stop.
-OBJECT_INFO.json is a saved ``GET /object_info`` of a server with the pack loaded.
+For every ``workflows/api/X.json`` this writes ``workflows/X.json`` with a layout, links,
+widget values in ComfyUI's widget order and a Note node explaining start and stop. The API
+workflows are the source of truth; node definitions come from ``GET /object_info`` of a
+throw-away ComfyUI server with the pack loaded.
 """
 
 from __future__ import annotations
 
 import json
 import sys
+import tempfile
 import uuid
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from harness.comfy_process import REPO, ComfyServer  # noqa: E402
 
 NOTE = """Dream Window — an endless dream loop
 
@@ -27,7 +33,7 @@ pauses with the error in GET /dream_window/sessions. ComfyUI's Cancel pauses the
 Changing width/height of a running session needs a reset (POST /dream_window/reset).
 Load any SD1.5-family checkpoint in Load Checkpoint."""
 
-COLUMNS = {"1": (40, 120), "2": (420, 60), "3": (420, 330), "4": (40, 420), "5": (420, 600), "6": (860, 120),
+COLUMNS = {"1": (40, 120), "2": (420, 60), "4": (40, 420), "5": (420, 600), "6": (860, 120),
            "7": (1240, 120), "8": (1240, 420), "9": (1600, 120), "10": (1600, 520)}
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 
@@ -97,9 +103,17 @@ def build(object_info: dict, api: dict) -> dict:
 
 
 def main() -> None:
-    object_info = json.loads(Path(sys.argv[1]).read_text())
-    api = json.loads(Path(sys.argv[2]).read_text())
-    Path(sys.argv[3]).write_text(json.dumps(build(object_info, api), indent=2) + "\n")
+    with tempfile.TemporaryDirectory() as base:
+        server = ComfyServer(Path(base)).start()
+        try:
+            object_info = server.get("/object_info")
+        finally:
+            server.stop()
+    for api_path in sorted((REPO / "workflows" / "api").glob("*.json")):
+        api = json.loads(api_path.read_text())
+        target = REPO / "workflows" / api_path.name
+        target.write_text(json.dumps(build(object_info, api), indent=2) + "\n")
+        print(f"wrote {target.relative_to(REPO)}")
 
 
 if __name__ == "__main__":

@@ -7,7 +7,8 @@ import os
 
 from . import routes
 from .comfy_adapter import ComfyExtension
-from .loop_nodes import NODES
+from .loop_nodes import NODES as LOOP_NODES
+from .window_nodes import NODES as WINDOW_NODES
 from .runtime import RUNTIME
 
 RESUME_ENV = "DREAM_WINDOW_RESUME_ON_START"
@@ -17,7 +18,7 @@ _registered = False
 
 class DreamWindowExtension(ComfyExtension):
     async def get_node_list(self):
-        return list(NODES)
+        return LOOP_NODES + WINDOW_NODES
 
 
 async def entrypoint() -> DreamWindowExtension:

@@ -6,7 +6,6 @@ import logging
 import math
 import random
 import secrets
-import time
 from pathlib import Path
 
 import torch
@@ -50,14 +49,20 @@ class DreamWindowSession(io.ComfyNode):
             search_aliases=["dream loop", "session", "endless"],
             inputs=[io.String.Input("name", default="dream",
                                     tooltip="Session name; becomes a folder name. Letters, digits, '_' and "
-                                            "'-', at most 64 characters.")],
+                                            "'-', at most 64 characters."),
+                    io.Float.Input("fps", default=3.5, min=0.1, max=120.0, step=0.1,
+                                   tooltip="Playback frame rate of current_frame.png, the viewer and the stream."),
+                    io.Float.Input("min_buffer_seconds", default=10.0, min=0.0, max=600.0, step=0.5,
+                                   tooltip="Seconds of frames buffered before playback starts.")],
             outputs=[SessionType.Output("session_out", display_name="session",
                                         tooltip="Wire this into every Dream Window node of this loop.")],
             hidden=[io.Hidden.prompt, io.Hidden.unique_id],
         )
 
     @classmethod
-    def validate_inputs(cls, name):
+    def validate_inputs(cls, name, fps=3.5, min_buffer_seconds=10.0):
+        if not (math.isfinite(fps) and fps > 0 and math.isfinite(min_buffer_seconds) and min_buffer_seconds >= 0):
+            return "DreamWindowSession: fps must be > 0 and min_buffer_seconds >= 0 (finite numbers)"
         try:
             validate_name(name)
         except SessionError as exc:
@@ -69,11 +74,14 @@ class DreamWindowSession(io.ComfyNode):
         return float("nan")  # a fresh NaN object: never equal, so every queue re-runs the loop
 
     @classmethod
-    def execute(cls, name):
+    def execute(cls, name, fps, min_buffer_seconds):
         try:
-            RUNTIME.session(validate_name(name), create=True)
+            session = RUNTIME.session(validate_name(name), create=True)
         except SessionError as exc:
             raise fail("DreamWindowSession", str(exc)) from exc
+        with session.lock:
+            session.settings.update(fps=float(fps), min_buffer_seconds=float(min_buffer_seconds))
+        RUNTIME.configure_playback(session)
         RUNTIME.begin_iteration(name, cls.hidden.prompt, comfy.current_client_id())
         return io.NodeOutput(SessionHandle(name))
 
@@ -147,16 +155,20 @@ class DreamWindowKeyframeSource(io.ComfyNode):
                 raise fail(node, f"session '{session.name}' holds {have[0]}x{have[1]} keyframes but this "
                                  f"workflow asks for {width}x{height}; reset the session (Reset in the Dream "
                                  f"Window panel or POST /dream_window/reset) or set the size back")
+            RUNTIME.mark(session.name, "source_done")
             return io.NodeOutput({"samples": prev.clone().to(comfy.intermediate_device())}, denoise, seed)
         pixels = image if image is not None else cls._seed_folder_image(seed_folder, seed)
         if pixels is None:
             empty = torch.zeros((1, 4, height // LATENT_SCALE, width // LATENT_SCALE),
                                 device=comfy.intermediate_device())
+            RUNTIME.mark(session.name, "source_done")
             return io.NodeOutput({"samples": empty}, 1.0, seed)
         if vae is None:
             raise fail(node, "a seed image needs the workflow's VAE: wire the checkpoint's VAE into 'vae'")
         pixels = seed_images.fit_image(pixels[:1], width, height)
-        return io.NodeOutput({"samples": vae.encode(pixels)}, denoise, seed)
+        latent = vae.encode(pixels)
+        RUNTIME.mark(session.name, "source_done")
+        return io.NodeOutput({"samples": latent}, denoise, seed)
 
     @staticmethod
     def _seed_folder_image(seed_folder: str, seed: int):
@@ -207,6 +219,7 @@ class DreamWindowInterpolate(io.ComfyNode):
     @classmethod
     def execute(cls, session, keyframe, frames, method, easing):
         node = "DreamWindowInterpolate"
+        RUNTIME.mark(session.name, "sampled")
         new = keyframe["samples"]
         if new.dim() != 4 or new.shape[0] != 1 or 0 in new.shape:
             raise fail(node, f"expected one keyframe latent [1, C, H, W], got shape {tuple(new.shape)}; "
@@ -217,12 +230,14 @@ class DreamWindowInterpolate(io.ComfyNode):
         with state.lock:
             prev = state.prev_latent
         if prev is None or frames == 0:
+            RUNTIME.mark(session.name, "interpolated")
             return io.NodeOutput({"samples": new})
         prev = prev.to(new.device, new.dtype)
         if prev.shape != new.shape:
             raise fail(node, f"the new keyframe {tuple(new.shape)} does not match the previous one "
                              f"{tuple(prev.shape)}; reset the session after changing size or model")
         between = interpolation.interpolate(prev[0], new[0], frames, method, easing)
+        RUNTIME.mark(session.name, "interpolated")
         return io.NodeOutput({"samples": torch.cat([between, new], dim=0)})
 
 
@@ -278,18 +293,21 @@ class DreamWindowCommit(io.ComfyNode):
         if state.iteration == 0 and images.shape[0] != 1:
             raise fail(node, f"the first iteration has no previous keyframe and must give 1 frame, got "
                              f"{images.shape[0]}; wire the Interpolate node's output into VAE Decode")
-        started = RUNTIME.iteration_started.get(session.name)
-        elapsed = time.monotonic() - started if started is not None else None
+        RUNTIME.mark(session.name, "decoded")
+        elapsed = RUNTIME.span(session.name, "start", "decoded")
         with state.lock:
             stats = dict(state.stats)
+            stats["keyframe_time"] = RUNTIME.span(session.name, "source_done", "sampled")
+            stats["batch_decode_time"] = RUNTIME.span(session.name, "interpolated", "decoded")
             count = stats.get("iterations_timed", 0)
             if elapsed is not None:
                 stats["iteration_time"] = elapsed
                 stats["mean_iteration_time"] = (stats.get("mean_iteration_time", 0.0) * count + elapsed) / (count + 1)
                 stats["iterations_timed"] = count + 1
             stats["frames_last_iteration"] = int(images.shape[0])
+            updates = RUNTIME.commit_updates(state, stats, injected=False)
             try:
-                first, _ = state.commit_keyframe(latent, int(seed), int(images.shape[0]), stats)
+                first, _ = state.commit_keyframe(latent, int(seed), int(images.shape[0]), stats, updates)
             except OSError as exc:
                 raise fail(node, f"cannot save the session state in {state.folder}: {exc}; free disk space "
                                  f"or make the folder writable, then start the session again") from exc
@@ -323,6 +341,9 @@ class DreamWindowAutoQueue(io.ComfyNode):
                              tooltip="Stop after this many keyframes in total, counted across restarts; 0 = endless."),
                 io.Float.Input("min_delay", default=0.0, min=0.0, max=3600.0, step=0.1,
                                tooltip="Seconds to wait between the end of one iteration and the next."),
+                io.Float.Input("buffer_target", default=30.0, min=0.0, max=3600.0, step=1.0,
+                               tooltip="Hold the next iteration back while this many seconds of frames wait to "
+                                       "be played; 0 turns throttling off (generate as fast as possible)."),
             ],
             outputs=[],
         )
@@ -332,15 +353,18 @@ class DreamWindowAutoQueue(io.ComfyNode):
         return float("nan")
 
     @classmethod
-    def execute(cls, session, enabled, max_iterations, min_delay):
-        if not math.isfinite(min_delay) or min_delay < 0:
-            raise fail("DreamWindowAutoQueue", "min_delay must be a finite number of seconds >= 0")
+    def execute(cls, session, enabled, max_iterations, min_delay, buffer_target):
+        for label, value in (("min_delay", min_delay), ("buffer_target", buffer_target)):
+            if not math.isfinite(value) or value < 0:
+                raise fail("DreamWindowAutoQueue", f"{label} must be a finite number of seconds >= 0")
         state = RUNTIME.session(session.name)
-        settings = {"enabled": bool(enabled), "max_iterations": int(max_iterations), "min_delay": float(min_delay)}
+        settings = {"enabled": bool(enabled), "max_iterations": int(max_iterations), "min_delay": float(min_delay),
+                    "buffer_target": float(buffer_target)}
         with state.lock:
             if {k: state.settings.get(k) for k in settings} != settings:
                 state.settings.update(settings)
                 state.save_control()
+                RUNTIME.configure_playback(state)
             text = f"session {session.name}: iteration {state.iteration}, {state.frames_produced()} frames"
         return io.NodeOutput(ui={"text": [text]})
 

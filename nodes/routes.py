@@ -7,19 +7,27 @@ can drive a session. Every error is JSON: ``{"error": "..."}``.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+from pathlib import Path
 
 from aiohttp import web
 
+from ..core.export import FORMATS, export_frames
+from ..core.frames import FRAME_RE, frame_name
 from ..core.session import SessionError, validate_name
 from . import comfy_adapter as comfy
 from .runtime import RUNTIME
 
 log = logging.getLogger("dream_window")
 
-CONTROL_ACTIONS = ("start", "pause", "resume", "stop", "reset")
+CONTROL_ACTIONS = ("start", "pause", "resume", "stop", "reset", "delete", "export")
 MAX_BODY = 64 * 1024
+MAX_INDEX = 10**12
+VIEWER = Path(__file__).resolve().parents[1] / "web" / "viewer"
+VIEWER_ASSETS = {"viewer.mjs": "text/javascript", "viewer.css": "text/css"}
+BOUNDARY = "dwframe"
 
 
 def _error(status: int, message: str) -> web.Response:
@@ -60,6 +68,13 @@ async def control(request: web.Request) -> web.Response:
     except SessionError as exc:
         return _error(409, f"{request.path}: {exc}")
     result: dict = {"session": name}
+    if action == "export":
+        return await _export(request, name, body)
+    if action == "delete":
+        if RUNTIME.session(name).state == "running":
+            return _error(409, f"{request.path}: session {name!r} is running; stop it first")
+        await asyncio.get_running_loop().run_in_executor(None, RUNTIME.forget, name)
+        return web.json_response({"session": name, "deleted": True})
     if action in ("start", "resume"):
         client_id = body.get("client_id")
         if client_id is not None and not isinstance(client_id, str):
@@ -86,19 +101,170 @@ async def control_get(request: web.Request) -> web.Response:
                              headers={"Allow": "POST"})
 
 
+def _disk_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and not p.is_symlink())
+
+
 async def sessions(request: web.Request) -> web.Response:
     listed = []
     for name in RUNTIME.registry.names():
         try:
-            listed.append(RUNTIME.session(name).summary())
+            entry = RUNTIME.session(name).summary()
         except (SessionError, KeyError) as exc:
-            listed.append({"session": name, "state": "broken", "last_error": {"message": str(exc)}})
+            entry = {"session": name, "state": "broken", "last_error": {"message": str(exc)}}
+        entry["disk_bytes"] = _disk_bytes(RUNTIME.registry.root / name)
+        listed.append(entry)
     return web.json_response({"sessions": listed})
+
+
+def _session_from_path(request: web.Request) -> tuple[str | None, web.Response | None]:
+    raw = request.match_info["session"]
+    try:
+        name = validate_name(raw)
+    except SessionError as exc:
+        return None, _error(400, f"{request.path}: {exc}")
+    if not RUNTIME.registry.exists(name):
+        return None, _error(404, f"{request.path}: unknown session {name!r}")
+    return name, None
+
+
+def _int_param(request: web.Request, key: str, low: int, high: int) -> int | None:
+    """An optional integer query value in [low, high]; ``ValueError`` with the rule otherwise."""
+    raw = request.query.get(key)
+    if raw is None:
+        return None
+    if not raw.isdigit() or len(raw) > 13 or not low <= int(raw) <= high:
+        raise ValueError(f"{key} must be a whole number from {low} to {high}")
+    return int(raw)
+
+
+async def status(request: web.Request) -> web.Response:
+    name, error = _session_from_path(request)
+    if error:
+        return error
+    publisher = RUNTIME.publisher(name)
+    return web.json_response(publisher.last_status or RUNTIME.status(name, publisher.player))
+
+
+async def frame(request: web.Request) -> web.Response:
+    """The latest played frame, or ``?index=N`` while it is still on disk (the file as written)."""
+    name, error = _session_from_path(request)
+    if error:
+        return error
+    try:
+        index = _int_param(request, "index", 1, MAX_INDEX)
+    except ValueError as exc:
+        return _error(400, f"{request.path}: {exc}")
+    if index is None:
+        latest = RUNTIME.publisher(name).latest()
+        if latest is None:
+            return _error(404, f"{request.path}: no frame has been played yet (buffering)")
+        index = latest.index
+    path = RUNTIME.session(name).frames_dir / frame_name(index)
+    try:
+        data = await asyncio.get_running_loop().run_in_executor(None, path.read_bytes)
+    except FileNotFoundError:
+        return _error(404, f"{request.path}: frame {index} is not on disk (not made yet, or past the retention limit)")
+    return web.Response(body=data, content_type="image/png",
+                        headers={"X-Dream-Window-Frame": str(index), "Cache-Control": "no-cache"})
+
+
+def _offer(queue: asyncio.Queue, item) -> None:
+    """Queue for a viewer, dropping the oldest frame when it falls behind (bounded memory)."""
+    if queue.full():
+        queue.get_nowait()
+    queue.put_nowait(item)
+
+
+async def stream(request: web.Request) -> web.StreamResponse:
+    """MJPEG at the playback rate (``?format=png`` sends the frame files themselves)."""
+    name, error = _session_from_path(request)
+    if error:
+        return error
+    fmt = request.query.get("format", "jpeg")
+    try:
+        limit = _int_param(request, "limit", 1, 1_000_000)
+    except ValueError as exc:
+        return _error(400, f"{request.path}: {exc}")
+    if fmt not in ("jpeg", "png"):
+        return _error(400, f"{request.path}: format must be jpeg or png")
+    publisher = RUNTIME.publisher(name)
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue = asyncio.Queue(maxsize=2)
+    key = publisher.subscribe(lambda shown: loop.call_soon_threadsafe(_offer, queue, shown))
+    response = web.StreamResponse(headers={"Content-Type": f"multipart/x-mixed-replace; boundary={BOUNDARY}",
+                                           "Cache-Control": "no-cache"})
+    sent = 0
+    try:
+        await response.prepare(request)
+        latest = publisher.latest()
+        if latest is not None:
+            _offer(queue, latest)
+        while limit is None or sent < limit:
+            shown = await queue.get()
+            read = (lambda: Path(shown.path).read_bytes()) if fmt == "png" else (lambda: publisher.jpeg(shown))
+            try:
+                data = await loop.run_in_executor(None, read)
+            except FileNotFoundError:
+                continue
+            head = (f"--{BOUNDARY}\r\nContent-Type: image/{fmt}\r\nContent-Length: {len(data)}\r\n"
+                    f"X-Dream-Window-Frame: {shown.index}\r\n\r\n").encode()
+            await response.write(head + data + b"\r\n")
+            sent += 1
+    except (ConnectionResetError, asyncio.CancelledError):
+        pass  # the viewer went away; the loop is not disturbed
+    finally:
+        publisher.unsubscribe(key)
+    return response
+
+
+async def view(request: web.Request) -> web.Response:
+    name, error = _session_from_path(request)
+    if error:
+        return error
+    html = (VIEWER / "index.html").read_text("utf-8")
+    return web.Response(text=html, content_type="text/html", headers={"Cache-Control": "no-cache"})
+
+
+async def viewer_asset(request: web.Request) -> web.Response:
+    """The viewer's own files only: a fixed list, never a path from the request."""
+    asset = request.match_info["asset"]
+    if asset not in VIEWER_ASSETS:
+        return _error(404, f"{request.path}: no such viewer file")
+    return web.Response(body=(VIEWER / asset).read_bytes(), content_type=VIEWER_ASSETS[asset])
+
+
+async def _export(request: web.Request, name: str, body: dict) -> web.Response:
+    fmt = body.get("format", "webp")
+    first, last, fps = body.get("first"), body.get("last"), body.get("fps", RUNTIME.session(name).settings.get("fps", 3.5))
+    for label, value in (("first", first), ("last", last)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_INDEX):
+            return _error(400, f"{request.path}: {label} must be a frame index from 1 to {MAX_INDEX}")
+    if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not 0 < fps <= 120:
+        return _error(400, f"{request.path}: fps must be a number in (0, 120]")
+    if fmt not in FORMATS:
+        return _error(400, f"{request.path}: format must be one of {', '.join(FORMATS)}")
+    folder = RUNTIME.session(name).frames_dir
+    paths = sorted(p for p in folder.glob("frame_*.png") if FRAME_RE.match(p.name)
+                   and (first is None or int(p.name[6:14]) >= first) and (last is None or int(p.name[6:14]) <= last))
+    try:
+        data = await asyncio.get_running_loop().run_in_executor(None, export_frames, paths, fmt, float(fps))
+    except ValueError as exc:
+        return _error(400, f"{request.path}: {exc}")
+    filename = f"{name}-{paths[0].stem[6:]}-{paths[-1].stem[6:]}.{fmt}"
+    return web.Response(body=data, content_type=FORMATS[fmt],
+                        headers={"Content-Disposition": f'attachment; filename="{filename}"',
+                                 "X-Dream-Window-Frames": str(len(paths))})
 
 
 def register() -> None:
     """Add the routes to ComfyUI's server (once per process)."""
     routes = comfy.routes()
     routes.get("/dream_window/sessions")(sessions)
+    routes.get("/dream_window/status/{session}")(status)
+    routes.get("/dream_window/frame/{session}")(frame)
+    routes.get("/dream_window/stream/{session}")(stream)
+    routes.get("/dream_window/view/{session}")(view)
+    routes.get("/dream_window/assets/{asset}")(viewer_asset)
     routes.post("/dream_window/{action}")(control)
     routes.get("/dream_window/{action}")(control_get)

@@ -13,8 +13,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..core import prompts
 from ..core.frames import FrameWriter
+from ..core.playback import Frame, Player
+from ..core.publisher import Publisher
 from ..core.session import Session, SessionRegistry
+from ..core.status import CacheStats, build_status
 from ..core.supervisor import Supervisor
 from . import comfy_adapter as comfy
 
@@ -39,7 +43,11 @@ class Runtime:
         self._registry: SessionRegistry | None = None
         self.supervisors: dict[str, Supervisor] = {}
         self.writers: dict[str, FrameWriter] = {}
-        self.iteration_started: dict[str, float] = {}
+        self.publishers: dict[str, Publisher] = {}
+        self.marks: dict[str, dict[str, float]] = {}
+        self.plans: dict[str, dict] = {}
+        self.cache_stats: dict[str, CacheStats] = {}
+        self.started = time.monotonic()
         self.backend = comfy.ComfyBackend(SESSION_NODE)
 
     @property
@@ -55,22 +63,87 @@ class Runtime:
         """The session's supervisor; call on the server loop only."""
         sup = self.supervisors.get(name)
         if sup is None:
-            sup = Supervisor(self.session(name), self.backend,
+            sup = Supervisor(self.session(name), self.backend, hold=self.publisher(name).player.should_hold_next_iteration,
                              notify=lambda summary: comfy.send_event("dream_window.session", summary))
             self.supervisors[name] = sup
         return sup
 
     def writer(self, session: Session, retention: int) -> FrameWriter:
         writer = self.writers.get(session.name)
-        if writer is None or writer.folder != session.frames_dir:
-            writer = FrameWriter(session.frames_dir, session.folder / "current_frame.png", retention)
+        if writer is None:
+            publisher = self.publisher(session.name)
+            writer = FrameWriter(session.frames_dir, retention, on_written=publisher.frames_written,
+                                 on_pruned=publisher.frames_pruned)
             self.writers[session.name] = writer
         writer.retention = retention
         return writer
 
+    def publisher(self, name: str) -> Publisher:
+        """The session's playback and status writer (started on first use)."""
+        publisher = self.publishers.get(name)
+        if publisher is None:
+            session = self.session(name)
+            settings = session.settings
+            publisher = Publisher(session.folder, lambda player: self.status(name, player),
+                                  on_frame=lambda frame: comfy.send_event("dream_window.frame", frame_event(name, frame)),
+                                  on_status=lambda status: comfy.send_event("dream_window.status",
+                                                                            {"session": name, **status}),
+                                  fps=settings.get("fps", 3.5), target_seconds=settings.get("buffer_target", 30.0),
+                                  min_buffer_seconds=settings.get("min_buffer_seconds", 10.0))
+            self.publishers[name] = publisher
+        return publisher
+
+    def configure_playback(self, session: Session) -> None:
+        """Apply the session's playback settings (fps, buffer target, minimum buffer)."""
+        s = session.settings
+        self.publisher(session.name).configure(s.get("fps", 3.5), s.get("buffer_target", 30.0),
+                                               s.get("min_buffer_seconds", 10.0))
+
+    def mark(self, name: str, event: str) -> None:
+        """Timestamp an iteration event (for keyframe and decode times)."""
+        self.marks.setdefault(name, {})[event] = time.monotonic()
+
+    def span(self, name: str, start: str, end: str) -> float | None:
+        marks = self.marks.get(name, {})
+        if start in marks and end in marks and marks[end] >= marks[start]:
+            return marks[end] - marks[start]
+        return None
+
+    def status(self, name: str, player: Player) -> dict:
+        """The session's status document (``status.json`` and ``GET /dream_window/status``)."""
+        session = self.session(name)
+        with session.lock:
+            state, error, stats = session.state, session.error, dict(session.stats)
+            iteration, frames = session.iteration, session.frames_produced()
+        message = (error or {}).get("message") if state == "paused" else None
+        shown = {"idle": "stopped", "paused": "error" if message else "paused"}.get(state, state)
+        return build_status(state=shown, buffer=player.metrics(), uptime_seconds=time.monotonic() - self.started,
+                            current_prompt=stats.get("prompt", ""),
+                            generation_time=stats.get("mean_iteration_time", 0.0),
+                            keyframe_time=stats.get("keyframe_time"), batch_decode_time=stats.get("batch_decode_time"),
+                            keyframes_generated=iteration, interpolations_generated=max(0, frames - iteration),
+                            cache=self.cache_stats.get(name), error_message=message)
+
+    def plan_prompt(self, name: str, positive: str, themes: int, interval: int) -> None:
+        """The prompt node's choice for this iteration; the commit consumes its rotation slot."""
+        self.plans.setdefault(name, {})["prompt"] = (positive, themes, interval)
+
+    def commit_updates(self, session: Session, stats: dict, injected: bool) -> dict:
+        """Persisted fields the commit changes: the prompt rotation (normal keyframes only)."""
+        plan = self.plans.get(session.name, {})
+        if "prompt" not in plan:
+            return {}
+        positive, themes, interval = plan["prompt"]
+        rotation = prompts.RotationState.from_dict(session.rotation)
+        rotation.consume(themes, interval, injected=injected)
+        stats["prompt"] = positive
+        return {"rotation": rotation.to_dict()}
+
     def begin_iteration(self, name: str, prompt: dict, client_id: str | None) -> None:
         """Called by the session node, first in every iteration (executor thread)."""
-        self.iteration_started[name] = time.monotonic()
+        self.marks[name] = {}
+        self.plans[name] = {}
+        self.mark(name, "start")
         prompt_id = comfy.executing_prompt_id()
         if prompt_id is None or not prompt:
             return
@@ -79,6 +152,7 @@ class Runtime:
 
     def _attach(self, name, prompt_id, prompt, client_id, settings) -> None:
         self.supervisor(name).attach(prompt_id, prompt, client_id, settings)
+        self.configure_playback(self.session(name))
 
     async def resume_running(self, attempts: int = 240, delay: float = 0.5) -> None:
         """Re-queue every session that was running when the server stopped (opt-in at start-up).
@@ -108,10 +182,20 @@ class Runtime:
         return session.state == "running" and session.prompt is not None
 
     def forget(self, name: str) -> None:
-        """Drop in-memory objects of a deleted session."""
+        """Stop and drop a session's in-memory objects, then delete its folder."""
         self.supervisors.pop(name, None)
-        self.writers.pop(name, None)
+        writer = self.writers.pop(name, None)
+        if writer is not None:
+            writer.flush(timeout=10)
+        publisher = self.publishers.pop(name, None)
+        if publisher is not None:
+            publisher.stop()
         self.registry.delete(name)
+
+
+def frame_event(name: str, frame: Frame) -> dict:
+    """The ``dream_window.frame`` websocket event for a frame being shown."""
+    return {"session": name, "index": frame.index, "url": f"/dream_window/frame/{name}?index={frame.index}"}
 
 
 def autoqueue_settings(prompt: dict, name: str) -> dict:
@@ -130,7 +214,7 @@ def autoqueue_settings(prompt: dict, name: str) -> dict:
         if not _reaches(prompt, inputs.get("session"), session_ids):
             continue
         settings["enabled"] = True
-        for key, cast in (("enabled", bool), ("max_iterations", int), ("min_delay", float)):
+        for key, cast in (("enabled", bool), ("max_iterations", int), ("min_delay", float), ("buffer_target", float)):
             value = inputs.get(key)
             if isinstance(value, (bool, int, float)) and not (isinstance(value, float) and math.isnan(value)):
                 settings[key] = cast(value)

@@ -14,7 +14,7 @@ TEST_PACKS = {"dw_test_pack": REPO / "tests" / "fixtures" / "dw_test_pack"}
 
 # Fields a test may change in the bundled workflow; everything else must stay as shipped.
 WHITELIST = {("1", "ckpt_name"), ("5", "width"), ("5", "height"), ("6", "steps"), ("4", "name"),
-             ("10", "enabled"), ("10", "max_iterations")}
+             ("10", "enabled"), ("10", "max_iterations"), ("10", "buffer_target")}
 
 
 def dream_workflow(session: str = "dream", size: int = 64, steps: int = 2, capture: str | None = None,
@@ -26,6 +26,7 @@ def dream_workflow(session: str = "dream", size: int = 64, steps: int = 2, captu
     wf["5"]["inputs"].update(width=size, height=size)
     wf["6"]["inputs"]["steps"] = steps
     wf["10"]["inputs"]["enabled"] = autoqueue
+    wf["10"]["inputs"]["buffer_target"] = 0.0  # throttling off: generate as fast as possible
     if capture:
         # Independent capture with core SaveLatent: the sampler's input and its output.
         wf["100"] = {"class_type": "SaveLatent", "inputs": {"samples": ["5", 0], "filename_prefix": f"{capture}/src"}}

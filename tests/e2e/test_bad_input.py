@@ -96,4 +96,6 @@ def test_sessions_route_lists_state(comfy):
     listed = comfy.get("/dream_window/sessions")["sessions"]
     entry = next(s for s in listed if s["session"] == "listed")
     assert entry["iteration"] == 1 and entry["frames"] == 1 and entry["state"] == "idle"
-    assert comfy.get("/api/dream_window/sessions") == comfy.get("/dream_window/sessions")
+    assert entry["disk_bytes"] > 0
+    names = [s["session"] for s in comfy.get("/api/dream_window/sessions")["sessions"]]
+    assert names == [s["session"] for s in listed]

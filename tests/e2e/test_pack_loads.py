@@ -11,7 +11,7 @@ from harness.comfy_process import PACK_NAME, REPO
 pytestmark = pytest.mark.e2e
 
 NODE_IDS = ["DreamWindowSession", "DreamWindowKeyframeSource", "DreamWindowInterpolate", "DreamWindowCommit",
-            "DreamWindowAutoQueue"]
+            "DreamWindowAutoQueue", "DreamWindowPrompts"]
 FRONTEND_ONLY = {"Note", "MarkdownNote"}
 MODEL_COMBOS = {("CheckpointLoaderSimple", "ckpt_name")}
 

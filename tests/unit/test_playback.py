@@ -282,3 +282,20 @@ def test_feeding_and_ticking_from_two_threads_keeps_strict_order():
         now += 1 / FPS
     producer.join()
     assert shown == list(range(total))
+
+
+def test_forget_before_jumps_over_deleted_frames():
+    now = [T0]
+    player = Player(fps=2.0, min_buffer_seconds=0, target_seconds=0, clock=lambda: now[0])
+    player.add_frames(frames(1, 11))
+    assert player.tick().index == 1
+    player.forget_before(8)
+    m = player.metrics()
+    assert m.next_index == 8 and m.frames_pending == 3 and m.frames_ready == 3
+    assert player.tick().index == 8, "re-anchored: the jump is shown at once"
+    assert player.tick() is None
+    now[0] += 0.5
+    assert player.tick().index == 9
+    player.add_frames(frames(11, 12))
+    player.forget_before(20)
+    assert player.metrics().frames_pending == 0 and player.metrics().next_index == 20

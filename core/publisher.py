@@ -1,0 +1,140 @@
+"""Plays a session's frames at its frame rate and publishes them.
+
+One thread per session ticks the ``Player`` (absolute clock, strict order) and, for each
+frame due, re-points ``current_frame.png`` at the frame's file (hard link + ``os.replace``,
+no re-encode) and tells subscribers (websocket events, MJPEG streams). Once a second it
+writes ``status.json`` atomically: this thread is the session's only status writer.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import threading
+import time
+from collections import OrderedDict
+from pathlib import Path
+from typing import Callable
+
+from PIL import Image
+
+from .atomic import atomic_link, atomic_write_bytes
+from .playback import Frame, Player
+from .status import status_json_bytes
+
+log = logging.getLogger("dream_window")
+
+TICK = 0.01
+STATUS_INTERVAL = 1.0
+JPEG_CACHE = 8
+
+
+class Publisher:
+    """Paced playback + publishing for one session (see the module docstring)."""
+
+    def __init__(self, folder: Path, status_source: Callable[[Player], dict],
+                 on_frame: Callable[[Frame], None] = lambda frame: None,
+                 on_status: Callable[[dict], None] = lambda status: None,
+                 fps: float = 3.5, target_seconds: float = 30.0, min_buffer_seconds: float = 10.0):
+        self.folder = Path(folder)
+        self.current_link = self.folder / "current_frame.png"
+        self.status_path = self.folder / "status.json"
+        self.status_source = status_source
+        self.on_frame = on_frame
+        self.on_status = on_status
+        self.player = Player(fps=fps, target_seconds=target_seconds, min_buffer_seconds=min_buffer_seconds)
+        self.settings = (fps, target_seconds, min_buffer_seconds)
+        self.last_status: dict | None = None
+        self._subscribers: dict[int, Callable[[Frame], None]] = {}
+        self._jpegs: OrderedDict[int, bytes] = OrderedDict()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"dream_window-play-{self.folder.name}", daemon=True)
+        self._thread.start()
+
+    def configure(self, fps: float, target_seconds: float, min_buffer_seconds: float) -> None:
+        """Apply new playback settings; frames already buffered carry over."""
+        if (fps, target_seconds, min_buffer_seconds) == self.settings:
+            return
+        old = self.player
+        player = Player(fps=fps, target_seconds=target_seconds, min_buffer_seconds=min_buffer_seconds,
+                        start_index=old.metrics().next_index)
+        player.add_frames(old.pending_frames())
+        self.player, self.settings = player, (fps, target_seconds, min_buffer_seconds)
+
+    def frames_written(self, frames: list[tuple[int, str]]) -> None:
+        """Frames are on disk (called by the frame writer's thread)."""
+        self.player.add_frames(frames)
+
+    def frames_pruned(self, oldest_kept: int) -> None:
+        """Frames below ``oldest_kept`` were deleted by the retention limit."""
+        self.player.forget_before(oldest_kept)
+
+    def latest(self) -> Frame | None:
+        return self.player.latest()
+
+    def subscribe(self, callback: Callable[[Frame], None]) -> int:
+        with self._lock:
+            key = id(callback)
+            self._subscribers[key] = callback
+            return key
+
+    def unsubscribe(self, key: int) -> None:
+        with self._lock:
+            self._subscribers.pop(key, None)
+
+    def jpeg(self, frame: Frame, quality: int = 85) -> bytes:
+        """The frame as JPEG (for MJPEG streams), encoded once and shared by every viewer."""
+        with self._lock:
+            cached = self._jpegs.get(frame.index)
+        if cached is not None:
+            return cached
+        with Image.open(frame.path) as img:
+            buf = io.BytesIO()
+            img.convert("RGB").save(buf, format="JPEG", quality=quality)
+        data = buf.getvalue()
+        with self._lock:
+            self._jpegs[frame.index] = data
+            while len(self._jpegs) > JPEG_CACHE:
+                self._jpegs.popitem(last=False)
+        return data
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        next_status = 0.0
+        while not self._stop.is_set():
+            frame = self.player.tick()
+            if frame is not None:
+                self._publish(frame)
+            now = time.monotonic()
+            if now >= next_status:
+                next_status = now + STATUS_INTERVAL
+                self._write_status()
+            if frame is None:
+                self._stop.wait(TICK)
+
+    def _publish(self, frame: Frame) -> None:
+        try:
+            atomic_link(frame.path, self.current_link)
+        except FileNotFoundError:
+            return  # deleted by the retention limit between the tick and now
+        except OSError as exc:
+            log.error("dream_window: cannot update %s: %s", self.current_link, exc)
+            return
+        self.on_frame(frame)
+        with self._lock:
+            subscribers = list(self._subscribers.values())
+        for callback in subscribers:
+            callback(frame)
+
+    def _write_status(self) -> None:
+        try:
+            status = self.status_source(self.player)
+            atomic_write_bytes(self.status_path, status_json_bytes(status))
+            self.last_status = status
+            self.on_status(status)
+        except Exception as exc:  # the publisher must outlive a bad status or a full disk
+            log.error("dream_window: cannot write %s: %s", self.status_path, exc)
