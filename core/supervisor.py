@@ -8,7 +8,7 @@ supervisor, which waits for that prompt to land in ComfyUI's history and then:
   session is running, below ``max_iterations`` and not held back by the playback buffer);
 * error → retries with backoff up to ``MAX_RETRIES`` times, then pauses the session with
   the error recorded;
-* interrupted (the user's Cancel) → pauses, never retries.
+* interrupted (the user's Cancel) or removed from the queue (clear queue) → pauses, never retries.
 
 Exactly one chain per session: nothing is re-queued while another prompt of the session
 is queued or running. Finished prompts of the session are deleted from ComfyUI's history
@@ -41,6 +41,9 @@ class LoopBackend(Protocol):
 
     def session_queued(self, session: str) -> bool:
         """Whether any queued or running prompt belongs to ``session``."""
+
+    def prompt_queued(self, prompt_id: str) -> bool:
+        """Whether ``prompt_id`` is waiting in the queue or running."""
 
     async def queue_prompt(self, prompt: dict, client_id: str | None, prompt_id: str) -> None:
         """Queue through the server's own ``/prompt`` handling under the given prompt id."""
@@ -128,7 +131,7 @@ class Supervisor:
     async def _watch(self) -> None:
         while self.watching:
             for prompt_id in sorted(self.watching):
-                result = self.backend.prompt_result(prompt_id)
+                result = self._result(prompt_id)
                 if result is None:
                     continue
                 self.watching.discard(prompt_id)
@@ -137,6 +140,14 @@ class Supervisor:
                 except Exception:  # the watcher must outlive any single bad iteration
                     log.exception("dream_window[%s]: supervisor failed handling %s", self.session.name, prompt_id)
             await asyncio.sleep(POLL_INTERVAL)
+
+    def _result(self, prompt_id: str) -> tuple[str, dict | None] | None:
+        result = self.backend.prompt_result(prompt_id)
+        if result is not None or self.backend.prompt_queued(prompt_id):
+            return result
+        # Neither queued nor running: finished just now (history is written as it leaves the
+        # queue, so look again), or removed from the queue by the user's "clear queue".
+        return self.backend.prompt_result(prompt_id) or ("cleared", None)
 
     async def _finished(self, prompt_id: str, outcome: str, error: dict | None) -> None:
         s = self.session
@@ -148,8 +159,9 @@ class Supervisor:
 
     async def _outcome(self, outcome: str, error: dict | None) -> None:
         s = self.session
-        if outcome == "interrupted":
-            log.info("dream_window[%s]: iteration cancelled by the user; session paused", s.name)
+        if outcome in ("interrupted", "cleared"):
+            log.info("dream_window[%s]: iteration %s by the user; session paused", s.name,
+                     "cancelled" if outcome == "interrupted" else "removed from the queue")
             self.set_state("paused")
             return
         if outcome == "error":

@@ -126,6 +126,10 @@ class ComfyBackend:
         running, queued = self.queue.get_current_queue_volatile()
         return any(_session_of(item[2], self.session_class_type, session) for item in list(running) + list(queued))
 
+    def prompt_queued(self, prompt_id: str) -> bool:
+        running, queued = self.queue.get_current_queue_volatile()
+        return any(item[1] == prompt_id for item in list(running) + list(queued))
+
     async def queue_prompt(self, prompt: dict, client_id: str | None, prompt_id: str) -> None:
         import aiohttp
 

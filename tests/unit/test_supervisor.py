@@ -20,12 +20,16 @@ class FakeBackend:
         self.busy = False
         self.reject = 0
         self.on_queue = None
+        self.removed = set()
 
     def prompt_result(self, prompt_id):
         return self.results.get(prompt_id)
 
     def session_queued(self, session):
         return self.busy
+
+    def prompt_queued(self, prompt_id):
+        return prompt_id not in self.removed and prompt_id not in self.results
 
     async def queue_prompt(self, prompt, client_id, prompt_id):
         if self.reject:
@@ -210,4 +214,16 @@ def test_retry_that_starts_before_the_post_returns_keeps_counting(tmp_path):
             backend.results[backend.queued[-1][0]] = ("error", {"message": "boom"})
         await settle(lambda: session.state == "paused")
         assert len(backend.queued) == 3 and session.error["retries"] == 3
+    run(main())
+
+
+def test_clear_queue_pauses_instead_of_waiting_forever(tmp_path):
+    async def main():
+        session, backend, sup = make(tmp_path)
+        sup.attach("u1", PROMPT, None, {"enabled": True})
+        backend.results["u1"] = ("success", None)
+        await settle(lambda: backend.queued)
+        backend.removed.add(backend.queued[0][0])
+        await settle(lambda: session.state == "paused")
+        assert session.error is None and len(backend.queued) == 1
     run(main())
