@@ -30,7 +30,8 @@ log = logging.getLogger("dream_window")
 
 __all__ = ["ComfyExtension", "io", "ui", "schema", "ComfyBackend", "server", "output_directory",
            "input_directory", "executing_prompt_id", "current_client_id", "run_on_server_loop",
-           "intermediate_device", "send_event", "routes", "models_in_folder", "model_path"]
+           "intermediate_device", "send_event", "routes", "model_path", "models_folders",
+           "torch_device"]
 
 _SCHEMA_FIELDS = set(inspect.signature(io.Schema).parameters)
 
@@ -57,12 +58,16 @@ def input_directory() -> str:
     return folder_paths.get_input_directory()
 
 
-def models_in_folder(kind: str) -> list[str]:
-    return folder_paths.get_filename_list(kind)
-
-
 def model_path(kind: str, name: str) -> str | None:
     return folder_paths.get_full_path(kind, name)
+
+
+def models_folders(kind: str) -> list[str]:
+    return list(folder_paths.get_folder_paths(kind))
+
+
+def torch_device():
+    return model_management.get_torch_device()
 
 
 def intermediate_device():
@@ -156,3 +161,28 @@ class ComfyBackend:
 
     def delete_history(self, prompt_id: str) -> None:
         self.queue.delete_history_item(prompt_id)
+
+
+def clone_with_unet_wrapper(model, wrapper):
+    """A clone of ``model`` (a ModelPatcher) whose diffusion-model forwards go through ``wrapper``.
+
+    ``wrapper`` becomes the clone's ``model_function_wrapper`` (``set_model_unet_function_wrapper``);
+    its ``on_pre_run``, ``on_cleanup`` and ``on_detach`` become the clone's ``ON_PRE_RUN``,
+    ``ON_CLEANUP`` and ``ON_DETACH`` callbacks. The input model is left untouched.
+    """
+    from comfy.patcher_extension import CallbacksMP
+
+    patched = model.clone()
+    patched.set_model_unet_function_wrapper(wrapper)
+    patched.add_callback(CallbacksMP.ON_PRE_RUN, wrapper.on_pre_run)
+    patched.add_callback(CallbacksMP.ON_CLEANUP, wrapper.on_cleanup)
+    patched.add_callback(CallbacksMP.ON_DETACH, wrapper.on_detach)
+    return patched
+
+
+def forward_wrappers(transformer_options: dict) -> list[Callable]:
+    """The wrappers ComfyUI runs inside ``BaseModel.apply_model``: apply-model and diffusion-model wrappers."""
+    from comfy.patcher_extension import WrappersMP, get_all_wrappers
+
+    return (get_all_wrappers(WrappersMP.APPLY_MODEL, transformer_options)
+            + get_all_wrappers(WrappersMP.DIFFUSION_MODEL, transformer_options))

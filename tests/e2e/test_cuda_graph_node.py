@@ -1,0 +1,77 @@
+"""DreamWindowCudaGraph on a real ComfyUI 0.3.75 on CPU: its wrapper runs every forward eagerly, bit for bit."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+
+from loop_helpers import captured, dream_workflow
+
+pytestmark = pytest.mark.e2e
+
+CPU_REASON = "running eagerly: cpu tensors: CUDA graphs need a CUDA device"
+
+
+def sequence_workflow(session: str, graph_node: str | None = None) -> dict:
+    """The bundled loop at test size, replayable seeds, no autoqueue; optionally with the node before KSampler."""
+    wf = dream_workflow(session, capture=f"cap_{session}", autoqueue=False)
+    wf["5"]["inputs"]["seed_mode"] = "sequence"
+    if graph_node is not None:
+        wf[graph_node] = {"class_type": "DreamWindowCudaGraph", "inputs": {"model": ["1", 0], "enabled": True}}
+        wf["6"]["inputs"]["model"] = [graph_node, 0]
+    return wf
+
+
+def run_iteration(comfy, wf: dict, session: str, iteration: int) -> str:
+    """Queue ``wf`` and wait until the session committed keyframe ``iteration``; returns the prompt id."""
+    prompt_id = comfy.queue(wf)
+    state = comfy.wait_for(lambda: (s := comfy.session(session)) and (s["iteration"] >= iteration or s["last_error"])
+                           and s, timeout=60, what=f"{session} iteration {iteration}")
+    assert state["last_error"] is None and state["iteration"] == iteration, state
+    return prompt_id
+
+
+def test_node_is_a_bit_identical_no_op_on_cpu(comfy):
+    info = comfy.get("/object_info/DreamWindowCudaGraph")["DreamWindowCudaGraph"]
+    assert info["description"] and info["category"] == "dream_window" and all(info["output_tooltips"])
+    assert all(spec[1].get("tooltip") for spec in info["input"]["required"].values())
+
+    with_graphs = sequence_workflow("cg_on", graph_node="110")
+    first = run_iteration(comfy, with_graphs, "cg_on", 1)
+    entry = comfy.wait_for(lambda: comfy.get(f"/history/{first}").get(first), what="the prompt in the history")
+    assert entry["outputs"]["110"]["text"][0].startswith("no CUDA device (cpu)")
+    run_iteration(comfy, with_graphs, "cg_on", 2)
+    for i in (1, 2):
+        run_iteration(comfy, sequence_workflow("cg_off"), "cg_off", i)
+
+    output = comfy.base / "output"
+    with_node, without = captured(output, "cap_cg_on", "out"), captured(output, "cap_cg_off", "out")
+    assert len(with_node) == len(without) == 2
+    for a, b in zip(with_node, without):
+        assert torch.equal(a, b), "keyframes differ with the node on CPU"
+    assert not torch.equal(with_node[0], with_node[1]), "the two keyframes should differ (sequence seeds)"
+
+    log = comfy.log_path.read_text(errors="replace")
+    assert log.count(f"DreamWindowCudaGraph #110: {CPU_REASON}") == 1, "the reason is logged once"
+    counters = re.findall(r"DreamWindowCudaGraph #110: after (\d+) sampling runs: 0 captures, 0 replays, "
+                          r"(\d+) fallbacks", log)
+    assert [runs for runs, _ in counters] == ["1", "2"]
+    assert int(counters[1][1]) >= 4, "every forward of 2 keyframes x 2 steps went through the wrapper"
+
+
+def test_patches_are_refused_and_clones_after_the_node_share_its_checks(comfy):
+    # FreeU (before the node) adds an output-block patch; RescaleCFG (after it) clones the model again.
+    wf = sequence_workflow("cg_patched")
+    wf["120"] = {"class_type": "FreeU_V2", "inputs": {"model": ["1", 0], "b1": 1.3, "b2": 1.4, "s1": 0.9, "s2": 0.2}}
+    wf["121"] = {"class_type": "DreamWindowCudaGraph", "inputs": {"model": ["120", 0], "enabled": True}}
+    wf["122"] = {"class_type": "RescaleCFG", "inputs": {"model": ["121", 0], "multiplier": 0.7}}
+    wf["6"]["inputs"]["model"] = ["122", 0]
+    run_iteration(comfy, wf, "cg_patched", 1)
+    log = comfy.log_path.read_text(errors="replace")
+    # Refused for the patch, not as "outside a sampling run": the clone's run armed the shared wrapper.
+    assert log.count("DreamWindowCudaGraph #121: running eagerly: transformer_options patches: output_block_patch") == 1
+    [fallbacks] = re.findall(r"DreamWindowCudaGraph #121: after 1 sampling runs: 0 captures, 0 replays, "
+                             r"(\d+) fallbacks", log)
+    assert int(fallbacks) >= 2, "both steps of the keyframe went through the wrapper"
