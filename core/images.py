@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 
 import numpy as np
@@ -13,18 +12,16 @@ SEED_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
 
 def seed_files(folder: Path) -> list[Path]:
-    """The seed images in ``folder`` (PNG, JPEG, WebP), sorted by name."""
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in SEED_SUFFIXES)
+    """The seed images in ``folder`` (PNG, JPEG, WebP), sorted by name.
 
-
-def pick_seed(folder: Path, rng: random.Random) -> Path:
-    """A random seed image from ``folder``; ``FileNotFoundError`` says what is missing."""
+    Raises ``FileNotFoundError`` saying what is missing: the folder, or any image in it.
+    """
     if not folder.is_dir():
         raise FileNotFoundError(f"seed folder {folder} does not exist")
-    files = seed_files(folder)
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in SEED_SUFFIXES)
     if not files:
         raise FileNotFoundError(f"seed folder {folder} holds no .png/.jpg/.jpeg/.webp image")
-    return rng.choice(files)
+    return files
 
 
 def load_image(path: Path) -> torch.Tensor:

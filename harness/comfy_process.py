@@ -25,6 +25,7 @@ HARNESS = Path(os.environ.get("DW_HARNESS_DIR", REPO / ".harness"))
 COMFYUI_DIR = Path(os.environ.get("COMFYUI_DIR", HARNESS / "ComfyUI"))
 PACK_NAME = "dream_window"
 TINY_SD15 = "dream_window_tiny_sd15.safetensors"
+TINY_CLIP_VISION = "dream_window_tiny_vitl.safetensors"
 
 
 def free_port() -> int:
@@ -33,12 +34,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def ensure_models(kinds: tuple[str, ...] = ("taesd", "sd15")) -> Path:
+def ensure_models(kinds: tuple[str, ...] = ("taesd", "sd15", "clip_vision")) -> Path:
     """The synthesised models folder, made on first use (seeded, so identical every time)."""
     models = HARNESS / "models"
     missing = [k for k, f in (("taesd", "vae_approx/taesd_decoder.safetensors"),
                               ("sd15", f"checkpoints/{TINY_SD15}"),
-                              ("clip_vision", "clip_vision/dream_window_tiny_vitl.safetensors"))
+                              ("clip_vision", f"clip_vision/{TINY_CLIP_VISION}"))
                if k in kinds and not (models / f).is_file()]
     if missing:
         subprocess.run([sys.executable, str(REPO / "harness" / "make_tiny_models.py"), "--comfy", str(COMFYUI_DIR),

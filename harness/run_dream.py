@@ -58,10 +58,10 @@ def main() -> int:
     checkpoint = args.checkpoint or (find_checkpoint(user_models) if user_models else None)
     wf = load_api_workflow()
     if checkpoint:
-        models = user_models or ensure_models()
+        models = user_models or ensure_models(("taesd", "sd15"))
         print(f"Using checkpoint {checkpoint!r} from {models / 'checkpoints'}")
     else:
-        models = ensure_models()
+        models = ensure_models(("taesd", "sd15"))
         checkpoint = TINY_SD15
         # The synthetic UNet has no downsampling: keep its frames small so a CPU keeps up.
         wf["5"]["inputs"].update(width=128, height=64)

@@ -6,7 +6,9 @@ import asyncio
 import os
 
 from . import routes
+from .accel_nodes import NODES as ACCEL_NODES
 from .comfy_adapter import ComfyExtension
+from .cache_nodes import NODES as CACHE_NODES
 from .loop_nodes import NODES as LOOP_NODES
 from .window_nodes import NODES as WINDOW_NODES
 from .runtime import RUNTIME
@@ -18,7 +20,7 @@ _registered = False
 
 class DreamWindowExtension(ComfyExtension):
     async def get_node_list(self):
-        return LOOP_NODES + WINDOW_NODES
+        return LOOP_NODES + CACHE_NODES + WINDOW_NODES + ACCEL_NODES
 
 
 async def entrypoint() -> DreamWindowExtension:

@@ -12,28 +12,23 @@ import torch
 
 from ..core import images as seed_images
 from ..core import interpolation
+from ..core.aesthetic import ACTION_CACHE, ACTION_NONE, ACTION_SEED
+from ..core.cache_store import EmbeddingMismatchError
 from ..core.frames import frame_name, to_uint8
 from ..core.session import SessionError, validate_name
 from . import comfy_adapter as comfy
+from .caches import CACHES
 from .comfy_adapter import io
+from .common import CATEGORY, CacheType, SessionType, fail, session_input
 from .runtime import RUNTIME, SessionHandle
 
 log = logging.getLogger("dream_window")
 
-CATEGORY = "dream_window"
-SessionType = io.Custom("DREAM_WINDOW_SESSION")
 LATENT_SCALE = 8
 """Pixels per latent cell of SD-family VAEs; width and height must be multiples of it."""
-
-
-def session_input() -> "io.Input":
-    return SessionType.Input("session", tooltip="The Dream Window session this node belongs to: "
-                                                "wire it from the DreamWindowSession node.")
-
-
-def fail(node: str, message: str) -> RuntimeError:
-    """An error that names the node, as users see it in ComfyUI's error dialog."""
-    return RuntimeError(f"{node}: {message}")
+MODES = ("hybrid", "img2img", "interpolate")
+SEEDS_IN_WALK = 32
+"""Seed images added to the cache for the interpolate walk, at most."""
 
 
 class DreamWindowSession(io.ComfyNode):
@@ -95,7 +90,9 @@ class DreamWindowKeyframeSource(io.ComfyNode):
             category=CATEGORY,
             description="The img2img source of each keyframe: the previous keyframe's latent (no VAE "
                         "re-encode), or on the first iteration a seed image encoded once, or an empty "
-                        "latent (txt2img at denoise 1.0). Also gives the sampler its denoise and a fresh seed.",
+                        "latent (txt2img at denoise 1.0). With a cache wired in it also decides, per keyframe, "
+                        "whether to blend in a related-but-different cached frame or a seed image. Gives the "
+                        "sampler its denoise and a fresh seed.",
             search_aliases=["feedback", "img2img loop", "previous keyframe"],
             inputs=[
                 session_input(),
@@ -110,14 +107,20 @@ class DreamWindowKeyframeSource(io.ComfyNode):
                                        "sequence: base_seed + iteration, so a run can be replayed."),
                 io.Int.Input("base_seed", default=0, min=0, max=0xFFFFFFFF,
                              tooltip="First seed of the 'sequence' mode; ignored by 'random'."),
+                io.Combo.Input("mode", options=list(MODES), default="hybrid",
+                               tooltip="hybrid: keyframes plus interpolated frames (the original); img2img: "
+                                       "keyframes only; interpolate: no sampling at all, a slow slerp walk "
+                                       "between cached keyframes and seed images (needs a cache)."),
                 io.String.Input("seed_folder", default="", optional=True,
-                                tooltip="Optional folder under ComfyUI's input folder; on the first iteration a "
-                                        "random .png/.jpg/.webp from it becomes the first keyframe."),
+                                tooltip="Optional folder under ComfyUI's input folder with .png/.jpg/.webp seed "
+                                        "images: the first keyframe, and the images seed injections blend in."),
                 io.Vae.Input("vae", optional=True,
-                             tooltip="The workflow's VAE, used once to encode the seed image."),
+                             tooltip="The workflow's VAE, used to encode seed images."),
                 io.Image.Input("image", optional=True, lazy=True,
                                tooltip="Optional seed image (e.g. from Load Image) for the first iteration; "
                                        "wins over seed_folder."),
+                CacheType.Input("cache", optional=True,
+                                tooltip="The Dream Window Cache: enables cache and seed injections."),
             ],
             outputs=[
                 io.Latent.Output("latent", tooltip="The img2img source latent for KSampler."),
@@ -138,52 +141,115 @@ class DreamWindowKeyframeSource(io.ComfyNode):
         return ["image"] if wanted and RUNTIME.session(session.name).prev_latent is None else []
 
     @classmethod
-    def execute(cls, session, width, height, denoise, seed_mode, base_seed, seed_folder="", vae=None, image=None):
+    def execute(cls, session, width, height, denoise, seed_mode, base_seed, mode, seed_folder="", vae=None,
+                image=None, cache=None):
         node = "DreamWindowKeyframeSource"
         if width % LATENT_SCALE or height % LATENT_SCALE:
             raise fail(node, f"width and height must be multiples of {LATENT_SCALE}, got {width}x{height}")
         if not math.isfinite(denoise):
             raise fail(node, "denoise must be a number between 0 and 1")
+        if mode == "interpolate" and cache is None:
+            raise fail(node, "mode 'interpolate' walks between cached keyframes: wire a Dream Window Cache "
+                             "into 'cache'")
         state = RUNTIME.session(session.name)
         with state.lock:
             prev, iteration = state.prev_latent, state.iteration
         seed = (base_seed + iteration) % 2**32 if seed_mode == "sequence" else secrets.randbits(32)
-        if prev is not None:
+        plan = RUNTIME.plans.setdefault(session.name, {})
+        plan.update(mode=mode, injected=False)
+        loop = CACHES.current(session.name) if cache is not None else None
+        seeds = cls._seed_files(seed_folder)
+        if mode == "interpolate" and loop is not None and seeds and vae is not None:
+            cls._seed_walk_bank(loop, seeds, vae, width, height)
+        if prev is None:
+            start = loop.walk_target(1, None) if mode == "interpolate" else None
+            if start is None and mode == "interpolate" and image is None and not seeds:
+                raise fail(node, "mode 'interpolate' has nothing to walk between: run the loop in hybrid mode "
+                                 "for a while to fill the cache, or give a seed_folder and a VAE")
+            if start is None:
+                latent, denoise = cls._first(width, height, denoise, image, seeds, seed, vae)
+                start = (None, latent)
+            latent = start[1]
+            if mode == "interpolate":
+                plan["walk"] = start
+        else:
             want = (height // LATENT_SCALE, width // LATENT_SCALE)
             if tuple(prev.shape[-2:]) != want:
                 have = (prev.shape[-1] * LATENT_SCALE, prev.shape[-2] * LATENT_SCALE)
                 raise fail(node, f"session '{session.name}' holds {have[0]}x{have[1]} keyframes but this "
                                  f"workflow asks for {width}x{height}; reset the session (Reset in the Dream "
                                  f"Window panel or POST /dream_window/reset) or set the size back")
-            RUNTIME.mark(session.name, "source_done")
-            return io.NodeOutput({"samples": prev.clone().to(comfy.intermediate_device())}, denoise, seed)
-        pixels = image if image is not None else cls._seed_folder_image(seed_folder, seed)
-        if pixels is None:
-            empty = torch.zeros((1, 4, height // LATENT_SCALE, width // LATENT_SCALE),
-                                device=comfy.intermediate_device())
-            RUNTIME.mark(session.name, "source_done")
-            return io.NodeOutput({"samples": empty}, 1.0, seed)
-        if vae is None:
-            raise fail(node, "a seed image needs the workflow's VAE: wire the checkpoint's VAE into 'vae'")
-        pixels = seed_images.fit_image(pixels[:1], width, height)
-        latent = vae.encode(pixels)
+            latent = prev.clone()
+            if mode == "interpolate":
+                target = loop.walk_target(iteration + 1, state.policy.get("walk_at"))
+                if target is None:
+                    raise fail(node, "mode 'interpolate' found no cached keyframe to walk to: run the loop in "
+                                     "hybrid mode for a while, or give a seed_folder and a VAE")
+                plan["walk"] = target
+            elif loop is not None and cache.injection:
+                latent = cls._inject(loop, plan, iteration + 1, latent, seeds, vae, width, height)
         RUNTIME.mark(session.name, "source_done")
-        return io.NodeOutput({"samples": latent}, denoise, seed)
+        return io.NodeOutput({"samples": latent.to(comfy.intermediate_device())}, denoise, seed)
+
+    @classmethod
+    def _first(cls, width, height, denoise, image, seeds, seed, vae):
+        """The first keyframe's source: the IMAGE input, a random seed file, or an empty latent."""
+        if image is None and seeds:
+            image = seed_images.load_image(random.Random(seed).choice(seeds))
+        if image is None:
+            return torch.zeros((1, 4, height // LATENT_SCALE, width // LATENT_SCALE)), 1.0
+        return cls._encode(vae, image, width, height), denoise
 
     @staticmethod
-    def _seed_folder_image(seed_folder: str, seed: int):
+    def _encode(vae, image, width, height) -> torch.Tensor:
+        if vae is None:
+            raise fail("DreamWindowKeyframeSource", "seed images need the workflow's VAE: wire the checkpoint's "
+                                                    "VAE into 'vae'")
+        return vae.encode(seed_images.fit_image(image[:1], width, height)).to("cpu", torch.float32)
+
+    @classmethod
+    def _inject(cls, loop, plan, keyframe, current, seeds, vae, width, height) -> torch.Tensor:
+        """Apply the policy's decision: a cache or seed blend replaces the sampler's input."""
+        decision = loop.decide(keyframe, len(seeds) if vae is not None else 0)
+        record = decision.to_dict()
+        blended = current
+        try:
+            if decision.action == ACTION_CACHE:
+                blended = loop.injected_latent(decision, current)
+            elif decision.action == ACTION_SEED:
+                seed = cls._encode(vae, seed_images.load_image(seeds[decision.seed_index % len(seeds)]),
+                                   width, height)
+                blended = loop.seed_latent(seed, current)
+        except (LookupError, OSError, ValueError) as exc:
+            log.warning("dream_window: injection for keyframe %d skipped: %s", keyframe, exc)
+            record.update(action=ACTION_NONE, reason=f"{record['reason']}; skipped: {exc}")
+        plan.update(decision=record, injected=record["action"] != ACTION_NONE)
+        return blended
+
+    @classmethod
+    def _seed_walk_bank(cls, loop, seeds, vae, width, height) -> None:
+        """Interpolate mode walks through the seed images too: cache them once, as "seed" entries."""
+        if any(entry.source == "seed" for entry in loop.store.entries()):
+            return
+        for path in seeds[:SEEDS_IN_WALK]:
+            image = seed_images.fit_image(seed_images.load_image(path), width, height)
+            latent = cls._encode(vae, image, width, height)
+            embedding = loop.store.strategy.embed(images=image, latents=latent)[0]
+            loop.store.add(embedding, latent=latent, image=image, source="seed", prompt=path.name)
+
+    @staticmethod
+    def _seed_files(seed_folder: str) -> list[Path]:
         if not seed_folder:
-            return None
+            return []
         node = "DreamWindowKeyframeSource"
         root = Path(comfy.input_directory()).resolve()
         folder = (root / seed_folder).resolve()
         if root not in folder.parents and folder != root:
             raise fail(node, f"seed_folder {seed_folder!r} leaves ComfyUI's input folder; give a folder inside {root}")
         try:
-            path = seed_images.pick_seed(folder, random.Random(seed))
+            return seed_images.seed_files(folder)
         except FileNotFoundError as exc:
             raise fail(node, f"{exc}; put seed images there or clear seed_folder") from exc
-        return seed_images.load_image(path)
 
 
 class DreamWindowInterpolate(io.ComfyNode):
@@ -195,11 +261,14 @@ class DreamWindowInterpolate(io.ComfyNode):
             category=CATEGORY,
             description="Frames between the previous keyframe and the new one: a global slerp (or lerp) of "
                         "the whole latent with linearly interpolated magnitude, all frames at once. Outputs "
-                        "one LATENT batch (the in-between frames, then the new keyframe) for one VAE Decode.",
+                        "one LATENT batch (the in-between frames, then the new keyframe) for one VAE Decode. "
+                        "In the keyframe source's interpolate mode it walks to a cached keyframe instead and "
+                        "the sampler is skipped.",
             search_aliases=["slerp", "latent interpolation", "tween"],
             inputs=[
                 session_input(),
-                io.Latent.Input("keyframe", tooltip="The new keyframe: KSampler's output."),
+                io.Latent.Input("keyframe", lazy=True,
+                                tooltip="The new keyframe: KSampler's output (not evaluated in interpolate mode)."),
                 io.Int.Input("frames", default=10, min=0, max=512,
                              tooltip="In-between frames per keyframe pair (endpoints excluded); 0 = keyframes only."),
                 io.Combo.Input("method", options=list(interpolation.METHODS), default="slerp",
@@ -217,10 +286,21 @@ class DreamWindowInterpolate(io.ComfyNode):
         return float("nan")
 
     @classmethod
-    def execute(cls, session, keyframe, frames, method, easing):
+    def check_lazy_status(cls, session, keyframe=None, **inputs):
+        walking = RUNTIME.plans.get(session.name, {}).get("mode") == "interpolate"
+        return [] if walking or keyframe is not None else ["keyframe"]
+
+    @classmethod
+    def execute(cls, session, frames, method, easing, keyframe=None):
         node = "DreamWindowInterpolate"
         RUNTIME.mark(session.name, "sampled")
-        new = keyframe["samples"]
+        plan = RUNTIME.plans.get(session.name, {})
+        if plan.get("mode") == "interpolate":
+            new = plan["walk"][1].to(comfy.intermediate_device(), torch.float32)
+        elif keyframe is None:
+            raise fail(node, "no keyframe: wire KSampler's output into 'keyframe'")
+        else:
+            new = keyframe["samples"]
         if new.dim() != 4 or new.shape[0] != 1 or 0 in new.shape:
             raise fail(node, f"expected one keyframe latent [1, C, H, W], got shape {tuple(new.shape)}; "
                              f"set the sampler's batch size to 1")
@@ -229,7 +309,7 @@ class DreamWindowInterpolate(io.ComfyNode):
         state = RUNTIME.session(session.name)
         with state.lock:
             prev = state.prev_latent
-        if prev is None or frames == 0:
+        if prev is None or frames == 0 or plan.get("mode") == "img2img":
             RUNTIME.mark(session.name, "interpolated")
             return io.NodeOutput({"samples": new})
         prev = prev.to(new.device, new.dtype)
@@ -250,22 +330,24 @@ class DreamWindowCommit(io.ComfyNode):
             category=CATEGORY,
             description="Records the new keyframe in the session (persisted atomically), numbers the frames "
                         "and writes each one to disk once, off the executor thread, into "
-                        "output/dream_window/<session>/frames with a retention limit; current_frame.png "
-                        "always points at the newest frame.",
+                        "output/dream_window/<session>/frames with a retention limit; with a cache wired in, "
+                        "embeds the keyframe and the pair's midpoint and admits the diverse ones.",
             search_aliases=["save frames", "dream commit"],
             is_output_node=True,
             inputs=[
                 session_input(),
-                io.Latent.Input("keyframe", tooltip="The new keyframe latent (KSampler's output); the next "
-                                                    "iteration starts from it."),
-                io.Image.Input("images", tooltip="The decoded frames of this iteration (VAE Decode of the "
-                                                 "Interpolate node's batch)."),
+                io.Latent.Input("latents", tooltip="The Interpolate node's batch (its last latent is the new "
+                                                   "keyframe; the next iteration starts from it)."),
+                io.Image.Input("images", tooltip="The same batch decoded (VAE Decode of the Interpolate node's "
+                                                 "output)."),
                 io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFF,
                              tooltip="The keyframe's sampler seed, recorded in the session (wire it from the "
                                      "keyframe source)."),
                 io.Int.Input("retention", default=128, min=1, max=1_000_000,
                              tooltip="Frames kept on disk; older ones are deleted. The default covers a 30 s "
                                      "playback buffer at 3.5 fps plus two iterations of 11 frames."),
+                CacheType.Input("cache", optional=True,
+                                tooltip="The Dream Window Cache: keyframes and midpoints are offered to it."),
             ],
             outputs=[SessionType.Output("session_out", display_name="session",
                                         tooltip="The session again, after this iteration is committed: wire it "
@@ -277,13 +359,14 @@ class DreamWindowCommit(io.ComfyNode):
         return float("nan")
 
     @classmethod
-    def execute(cls, session, keyframe, images, seed, retention):
+    def execute(cls, session, latents, images, seed, retention, cache=None):
         node = "DreamWindowCommit"
-        latent = keyframe["samples"]
+        batch = latents["samples"]
         if images.dim() != 4 or images.shape[0] == 0:
             raise fail(node, f"expected a batch of images, got shape {tuple(images.shape)}")
-        if latent.dim() != 4 or latent.shape[0] != 1:
-            raise fail(node, f"expected one keyframe latent [1, C, H, W], got shape {tuple(latent.shape)}")
+        if batch.dim() != 4 or batch.shape[0] != images.shape[0]:
+            raise fail(node, f"{tuple(batch.shape)[:1]} latents but {images.shape[0]} images: decode the "
+                             f"Interpolate node's output and wire both here")
         state = RUNTIME.session(session.name)
         writer = RUNTIME.writer(state, retention)
         if writer.error is not None:
@@ -294,6 +377,10 @@ class DreamWindowCommit(io.ComfyNode):
             raise fail(node, f"the first iteration has no previous keyframe and must give 1 frame, got "
                              f"{images.shape[0]}; wire the Interpolate node's output into VAE Decode")
         RUNTIME.mark(session.name, "decoded")
+        plan = RUNTIME.plans.get(session.name, {})
+        loop = CACHES.current(session.name) if cache is not None else None
+        if loop is not None:  # before the commit: a wrong similarity model must leave the state as it was
+            cls._offer_to_cache(loop, session.name, state.iteration + 1, batch, images, plan)
         elapsed = RUNTIME.span(session.name, "start", "decoded")
         with state.lock:
             stats = dict(state.stats)
@@ -305,9 +392,14 @@ class DreamWindowCommit(io.ComfyNode):
                 stats["mean_iteration_time"] = (stats.get("mean_iteration_time", 0.0) * count + elapsed) / (count + 1)
                 stats["iterations_timed"] = count + 1
             stats["frames_last_iteration"] = int(images.shape[0])
-            updates = RUNTIME.commit_updates(state, stats, injected=False)
+            stats["mode"] = plan.get("mode", "hybrid")
+            if "decision" in plan:
+                stats["last_decision"] = plan["decision"]
+            updates = RUNTIME.commit_updates(state, stats, injected=plan.get("injected", False))
+            if loop is not None:
+                updates["policy"] = dict(loop.policy_state(), walk_at=(plan.get("walk") or (None,))[0])
             try:
-                first, _ = state.commit_keyframe(latent, int(seed), int(images.shape[0]), stats, updates)
+                first, _ = state.commit_keyframe(batch[-1:], int(seed), int(images.shape[0]), stats, updates)
             except OSError as exc:
                 raise fail(node, f"cannot save the session state in {state.folder}: {exc}; free disk space "
                                  f"or make the folder writable, then start the session again") from exc
@@ -318,6 +410,21 @@ class DreamWindowCommit(io.ComfyNode):
             subfolder = f"dream_window/{session.name}/frames"
             ui = {"images": [{"filename": frame_name(shown), "subfolder": subfolder, "type": "output"}]}
         return io.NodeOutput(session, ui=ui)
+
+    @staticmethod
+    def _offer_to_cache(loop, name, keyframe, batch, images, plan) -> None:
+        """Embed the keyframe (and the pair's midpoint) in one batch; admit, analyse."""
+        rows = [batch.shape[0] - 1] + ([(batch.shape[0] - 1) // 2] if batch.shape[0] > 1 else [])
+        prompt = plan.get("prompt", ("",))[0]
+        try:
+            record = loop.after_keyframe(keyframe, batch[rows].to("cpu", torch.float32), images[rows].cpu(),
+                                         injected=plan.get("injected", False), prompt=prompt,
+                                         admit=plan.get("mode") != "interpolate")
+        except EmbeddingMismatchError as exc:
+            raise fail("DreamWindowCommit", str(exc)) from exc
+        if record.get("cache_error"):
+            log.warning("dream_window[%s]: keyframe %d not cached: %s", name, keyframe, record["cache_error"])
+        RUNTIME.cache_stats[name] = loop.stats()
 
 
 class DreamWindowAutoQueue(io.ComfyNode):

@@ -8,6 +8,7 @@ can drive a session. Every error is JSON: ``{"error": "..."}``.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -18,6 +19,7 @@ from ..core.export import FORMATS, export_frames
 from ..core.frames import FRAME_RE, frame_name
 from ..core.session import SessionError, validate_name
 from . import comfy_adapter as comfy
+from .caches import CACHES
 from .runtime import RUNTIME
 
 log = logging.getLogger("dream_window")
@@ -218,6 +220,24 @@ async def stream(request: web.Request) -> web.StreamResponse:
     return response
 
 
+async def cache(request: web.Request) -> web.Response:
+    """Inspect a session's cache: entries, recent injection decisions, the similarity trend."""
+    name, error = _session_from_path(request)
+    if error:
+        return error
+    loop = CACHES.current(name)
+    if loop is None:
+        return _error(404, f"{request.path}: session {name!r} has no cache loaded yet; run an iteration with a "
+                           f"Dream Window Cache node wired in")
+    entries = [{"id": e.cache_id, "source": e.source, "timestamp": e.timestamp, "has_latent": e.has_latent,
+                "keyframe": e.generation_params.get("keyframe")} for e in loop.store.entries()]
+    return web.json_response({"session": name, "cache": loop.store.directory.name,
+                              "strategy": loop.store.strategy.name, "size": len(entries),
+                              "capacity": loop.store.capacity, "eviction": loop.store.eviction,
+                              "entries": entries, "decisions": loop.decisions, "trend": loop.trend(),
+                              "stats": dataclasses.asdict(loop.stats()), "cache_error": loop.cache_error})
+
+
 async def view(request: web.Request) -> web.Response:
     name, error = _session_from_path(request)
     if error:
@@ -264,6 +284,7 @@ def register() -> None:
     routes.get("/dream_window/status/{session}")(status)
     routes.get("/dream_window/frame/{session}")(frame)
     routes.get("/dream_window/stream/{session}")(stream)
+    routes.get("/dream_window/cache/{session}")(cache)
     routes.get("/dream_window/view/{session}")(view)
     routes.get("/dream_window/assets/{asset}")(viewer_asset)
     routes.post("/dream_window/{action}")(control)

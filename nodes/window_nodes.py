@@ -8,7 +8,7 @@ from collections import OrderedDict
 from ..core import prompts
 from . import comfy_adapter as comfy
 from .comfy_adapter import io
-from .loop_nodes import CATEGORY, fail, session_input
+from .common import CATEGORY, fail, session_input
 from .runtime import RUNTIME
 
 CONDITIONING_CACHE = 8

@@ -14,13 +14,20 @@ TEST_PACKS = {"dw_test_pack": REPO / "tests" / "fixtures" / "dw_test_pack"}
 
 # Fields a test may change in the bundled workflow; everything else must stay as shipped.
 WHITELIST = {("1", "ckpt_name"), ("5", "width"), ("5", "height"), ("6", "steps"), ("4", "name"),
-             ("10", "enabled"), ("10", "max_iterations"), ("10", "buffer_target")}
+             ("10", "enabled"), ("10", "max_iterations"), ("10", "buffer_target"), ("3", "injection"),
+             ("3", "tuning"), ("3", "strategy"), ("3", "cache_name"), ("5", "mode"), ("5", "seed_folder"),
+             ("11", "clip_name"), ("7", "frames")}
 
 
 def dream_workflow(session: str = "dream", size: int = 64, steps: int = 2, capture: str | None = None,
-                  fault: bool = False, autoqueue: bool = True) -> dict:
-    """The bundled API workflow at test size with tiny models; optional captures and fault node."""
-    wf = load_api_workflow()
+                  fault: bool = False, autoqueue: bool = True, injection: bool = False,
+                  name: str = "dream_window") -> dict:
+    """The bundled API workflow at test size with tiny models; optional captures and fault node.
+
+    Injection is off unless asked for, so the sampler input is always the previous keyframe.
+    """
+    wf = load_api_workflow(name)
+    wf["3"]["inputs"]["injection"] = injection
     wf["1"]["inputs"]["ckpt_name"] = TINY_SD15
     wf["4"]["inputs"]["name"] = session
     wf["5"]["inputs"].update(width=size, height=size)
@@ -37,9 +44,9 @@ def dream_workflow(session: str = "dream", size: int = 64, steps: int = 2, captu
     return wf
 
 
-def changed_fields(wf: dict) -> set[tuple[str, str]]:
+def changed_fields(wf: dict, name: str = "dream_window") -> set[tuple[str, str]]:
     """(node, input) pairs of the shipped nodes whose value differs from the bundled file."""
-    shipped = load_api_workflow()
+    shipped = load_api_workflow(name)
     diff = set()
     for nid, node in shipped.items():
         assert wf[nid]["class_type"] == node["class_type"]

@@ -50,7 +50,7 @@ def test_queued_once_dreams_by_itself(comfy):
     comfy.wait_for(lambda: comfy.session("dream")["iteration"] >= 20, timeout=180, what="20 iterations")
 
     stopped_at = comfy.control("stop", "dream")["iteration"]
-    time.sleep(3)
+    comfy.wait_for(lambda: not queue_entries(comfy), timeout=120, what="the iteration in flight to finish")
     final = comfy.session("dream")
     assert final["state"] == "stopped"
     assert final["iteration"] <= stopped_at + 1, "stop must take effect at the next iteration boundary"
@@ -107,9 +107,9 @@ def test_sampler_error_is_retried_then_pauses(comfy):
 
 
 def test_user_cancel_pauses_without_retry(comfy):
-    comfy.queue(dream_workflow("cancel", steps=200))  # slow iterations: the Cancel lands mid-iteration
-    comfy.wait_for(lambda: (comfy.session("cancel") or {}).get("iteration", 0) >= 1, timeout=60, what="1 iteration")
-    comfy.wait_for(lambda: comfy.get("/queue")["queue_running"], timeout=30, what="an iteration to run")
+    comfy.queue(dream_workflow("cancel", steps=200))  # a slow iteration: the Cancel lands mid-sampling
+    comfy.wait_for(lambda: (comfy.session("cancel") or {}).get("state") == "running", timeout=60,
+                   what="the session node to start the loop")
     comfy.post_json("/interrupt", {})
     state = comfy.wait_for(lambda: (s := comfy.session("cancel"))["state"] == "paused" and s, timeout=30,
                            what="cancel to pause the session")
@@ -121,10 +121,15 @@ def test_user_cancel_pauses_without_retry(comfy):
 def test_killed_server_resumes_from_last_committed_keyframe(tmp_path):
     server = ComfyServer(tmp_path, extra_packs=TEST_PACKS).start()
     try:
-        server.queue(dream_workflow("resume", capture="cap_resume"))
+        wf = dream_workflow("resume", capture="cap_resume")
+        wf["3"]["inputs"]["admission"] = "always"
+        server.queue(wf)
         server.wait_for(lambda: (server.session("resume") or {}).get("iteration", 0) >= 4, timeout=120,
                         what="4 iterations")
         server.kill()
+        index = tmp_path / "output" / "dream_window_cache" / "resume" / "metadata" / "cache_index.json"
+        cached_before = {e["cache_id"] for e in json.loads(index.read_text())["entries"]}
+        assert len(cached_before) >= 4
         server.start()
         before = server.session("resume")
         assert before["iteration"] >= 4 and before["state"] == "running"
@@ -138,6 +143,8 @@ def test_killed_server_resumes_from_last_committed_keyframe(tmp_path):
                         what="the resumed loop to run")
         src = captured(tmp_path / "output", "cap_resume", "src")
         assert torch.equal(src[n_src], last), "the first resumed iteration starts from the last committed keyframe"
+        cached_after = {e["id"] for e in server.get("/dream_window/cache/resume")["entries"]}
+        assert cached_before <= cached_after, "the cache survives the restart"
 
         # Opt-in: a running session resumes by itself when the server starts again.
         server.kill()

@@ -11,9 +11,9 @@ from harness.comfy_process import PACK_NAME, REPO
 pytestmark = pytest.mark.e2e
 
 NODE_IDS = ["DreamWindowSession", "DreamWindowKeyframeSource", "DreamWindowInterpolate", "DreamWindowCommit",
-            "DreamWindowAutoQueue", "DreamWindowPrompts"]
+            "DreamWindowAutoQueue", "DreamWindowPrompts", "DreamWindowCache"]
 FRONTEND_ONLY = {"Note", "MarkdownNote"}
-MODEL_COMBOS = {("CheckpointLoaderSimple", "ckpt_name")}
+MODEL_COMBOS = {("CheckpointLoaderSimple", "ckpt_name"), ("CLIPVisionLoader", "clip_name")}
 
 
 def test_nodes_load_with_descriptions_and_tooltips(comfy):
@@ -35,7 +35,8 @@ def test_js_and_templates_are_served(comfy):
     assert f"/extensions/{PACK_NAME}/js/dream_window.js" in comfy.get("/extensions")
     status, body, _ = comfy.request("GET", f"/extensions/{PACK_NAME}/js/dream_window.js")
     assert status == 200 and b"registerExtension" in body
-    assert comfy.get("/workflow_templates")[PACK_NAME] == ["dream_window"], "API twins stay out of the browser"
+    assert sorted(comfy.get("/workflow_templates")[PACK_NAME]) == ["dream_window", "dream_window_clip"], \
+        "API twins stay out of the browser"
     status, body, _ = comfy.request("GET", f"/api/workflow_templates/{PACK_NAME}/dream_window.json")
     assert status == 200 and json.loads(body) == json.loads((REPO / "workflows" / "dream_window.json").read_text())
 
@@ -89,13 +90,14 @@ def ui_to_api(ui: dict, object_info: dict) -> dict:
     return api
 
 
-def test_ui_workflow_matches_object_info_and_its_api_twin(comfy):
+@pytest.mark.parametrize("name", ["dream_window", "dream_window_clip"])
+def test_ui_workflow_matches_object_info_and_its_api_twin(comfy, name):
     object_info = comfy.get("/object_info")
-    ui = json.loads((REPO / "workflows" / "dream_window.json").read_text())
+    ui = json.loads((REPO / "workflows" / f"{name}.json").read_text())
     for node in ui["nodes"]:
         assert node["type"] in object_info or node["type"] in FRONTEND_ONLY, node["type"]
     assert any(n["type"] in FRONTEND_ONLY and "Queue" in n["widgets_values"][0] for n in ui["nodes"]), "a Note explains start/stop"
-    api = json.loads((REPO / "workflows" / "api" / "dream_window.json").read_text())
+    api = json.loads((REPO / "workflows" / "api" / f"{name}.json").read_text())
     for node in api.values():
         node.pop("_meta", None)
     rebuilt = ui_to_api(ui, object_info)
@@ -112,3 +114,6 @@ def test_bundled_api_workflow_defaults_are_the_originals():
     assert (src["width"], src["height"], src["denoise"]) == (512, 256, 0.2)
     assert (sampler["steps"], sampler["cfg"], sampler["sampler_name"], sampler["scheduler"]) == (10, 6.0, "euler", "karras")
     assert api["7"]["inputs"]["frames"] == 10
+    cache = api["3"]["inputs"]
+    assert (cache["strategy"], cache["capacity"], cache["eviction"]) == ("dual_metric", 50, "fifo")
+    assert api["5"]["inputs"]["mode"] == "hybrid" and api["5"]["inputs"]["cache"] == ["3", 0]

@@ -1,0 +1,99 @@
+"""The Dream Window Cache node (the machinery lives in ``caches``)."""
+
+from __future__ import annotations
+
+import json
+
+from ..core.cache_store import EVICTION_POLICIES, CacheStoreError
+from ..core.session import SessionError, validate_name
+from ..core.similarity import STRATEGY_NAMES
+from . import comfy_adapter as comfy
+from .caches import CACHES, NODE, CacheHandle, image_encoder
+from .comfy_adapter import io
+from .common import CATEGORY, CacheType, fail, session_input
+from .runtime import RUNTIME
+
+
+class DreamWindowCache(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return comfy.schema(
+            node_id=NODE,
+            display_name="Dream Window Cache",
+            category=CATEGORY,
+            description="A persistent cache of diverse past keyframes that fights mode collapse: keyframes and "
+                        "pair midpoints are admitted by a diversity rule, a collapse detector watches how alike "
+                        "consecutive keyframes grow, and the injection policy blends related-but-different "
+                        "cached frames (or seed images) back into the loop. Wire its output into the keyframe "
+                        "source and the commit node.",
+            search_aliases=["aesthetic cache", "mode collapse", "injection", "clip similarity"],
+            inputs=[
+                session_input(),
+                io.String.Input("cache_name", default="",
+                                tooltip="Cache folder under output/dream_window_cache/. Empty: private to this "
+                                        "session (named after it); give several sessions one name to share it."),
+                io.Combo.Input("strategy", options=list(STRATEGY_NAMES), default="dual_metric",
+                               tooltip="How similarity is measured: dual_metric (the original's HSV histogram + "
+                                       "pHash, no model), latent_pool (free), clip_vision (CLIP_VISION input), "
+                                       "open_clip (a local open_clip weights file)."),
+                io.Int.Input("capacity", default=50, min=1, max=100000, tooltip="Entries kept (the original: 50)."),
+                io.Combo.Input("eviction", options=list(EVICTION_POLICIES), default="fifo",
+                               tooltip="fifo: drop the oldest (the original); redundancy: drop the entry most "
+                                       "similar to the rest."),
+                io.Combo.Input("admission", options=["mean", "max", "mean+max", "always"], default="mean",
+                               tooltip="mean: the original's mean-similarity rule; max also keeps near-duplicates "
+                                       "of any single entry out; always: admit everything."),
+                io.Combo.Input("logic", options=["all", "any"], default="all",
+                               tooltip="all: every metric must be diverse to admit (the original); any: one is enough."),
+                io.Boolean.Input("injection", default=True,
+                                 tooltip="Off: cache and analyse only, never inject."),
+                io.Int.Input("rng_seed", default=0, min=0, max=2**31 - 1,
+                             tooltip="Seed of the injection draws: the same seed replays the same decisions."),
+                io.String.Input("tuning", default="{}", multiline=True,
+                                tooltip="Advanced, JSON: override policy values, e.g. {\"injection_probability\": "
+                                        "0.3, \"warmup_keyframes\": 20, \"windows\": {\"cosine\": [0.6, 0.9]}, "
+                                        "\"admission_mean\": {\"cosine\": 0.85}}."),
+                io.ClipVision.Input("clip_vision", optional=True,
+                                    tooltip="For strategy clip_vision: a CLIP vision model from Load CLIP Vision."),
+                io.String.Input("open_clip_config", default="ViT-B-32", optional=True,
+                                tooltip="For strategy open_clip: the open_clip model config name."),
+                io.String.Input("open_clip_weights", default="", optional=True,
+                                tooltip="For strategy open_clip: the weights file in models/clip_vision "
+                                        "(never downloaded)."),
+            ],
+            outputs=[CacheType.Output("cache", tooltip="Wire into the keyframe source and the commit node.")],
+        )
+
+    @classmethod
+    def validate_inputs(cls, cache_name=None, tuning=None, **kwargs):
+        if cache_name:
+            try:
+                validate_name(cache_name, "cache name")
+            except SessionError as exc:
+                return f"{NODE}: {exc}"
+        if tuning is not None:
+            try:
+                if not isinstance(json.loads(tuning), dict):
+                    raise ValueError("not a JSON object")
+            except ValueError as exc:
+                return f"{NODE}: tuning must be a JSON object ({exc})"
+        return True
+
+    @classmethod
+    def fingerprint_inputs(cls, **kwargs):
+        return float("nan")
+
+    @classmethod
+    def execute(cls, session, cache_name, strategy, capacity, eviction, admission, logic, injection, rng_seed,
+                tuning, clip_vision=None, open_clip_config="ViT-B-32", open_clip_weights=""):
+        handle = CacheHandle(session.name, cache_name or session.name, strategy, capacity, eviction, admission,
+                             logic, bool(injection), tuning or "{}", rng_seed)
+        try:
+            loop = CACHES.loop(handle, image_encoder(strategy, clip_vision, open_clip_config, open_clip_weights))
+        except (CacheStoreError, SessionError, ValueError) as exc:
+            raise fail(NODE, str(exc)) from exc
+        RUNTIME.cache_stats[session.name] = loop.stats()
+        return io.NodeOutput(handle, ui={"text": [f"cache {handle.name}: {len(loop.store)} entries ({strategy})"]})
+
+
+NODES = [DreamWindowCache]

@@ -1,0 +1,111 @@
+"""The per-session cache machinery behind the Dream Window Cache node.
+
+One ``CacheStore`` per cache folder (shared by the sessions that name it) and one
+``AestheticLoop`` per session, rebuilt when the cache node's settings change.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..core.aesthetic import AestheticLoop
+from ..core.cache_store import CacheStore
+from ..core.session import validate_name
+from ..core.similarity import StrategyUnavailableError, get_strategy, load_open_clip
+from . import comfy_adapter as comfy
+from .common import fail
+from .runtime import RUNTIME
+
+NODE = "DreamWindowCache"
+
+
+@dataclass(frozen=True)
+class CacheHandle:
+    """What flows along the DREAM_WINDOW_CACHE wire (the encoder stays in ``CACHES``)."""
+
+    session: str
+    name: str
+    strategy: str
+    capacity: int
+    eviction: str
+    admission: str
+    logic: str
+    injection: bool
+    tuning: str
+    rng_seed: int
+
+
+class CacheRegistry:
+    """One ``CacheStore`` per cache folder (shared by sessions), one loop per session."""
+
+    def __init__(self) -> None:
+        self.stores: dict[Path, CacheStore] = {}
+        self.loops: dict[str, tuple[CacheHandle, AestheticLoop]] = {}
+        self.encoders: dict[tuple, object] = {}
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def folder(name: str) -> Path:
+        return Path(comfy.output_directory()) / "dream_window_cache" / validate_name(name, "cache name")
+
+    def loop(self, handle: CacheHandle, encoder=None) -> AestheticLoop:
+        """The session's aesthetic loop for this cache configuration (rebuilt when it changes)."""
+        with self._lock:
+            known = self.loops.get(handle.session)
+            if known is not None and known[0] == handle:
+                return known[1]
+            strategy = get_strategy(handle.strategy, **({"encoder": encoder} if encoder is not None else {}))
+            folder = self.folder(handle.name)
+            store = self.stores.get(folder)
+            if store is None or store.strategy.name != handle.strategy:
+                store = CacheStore(folder, strategy, capacity=handle.capacity, eviction=handle.eviction)
+                self.stores[folder] = store
+            else:
+                store.strategy = strategy
+                store.set_capacity(handle.capacity)
+            loop = AestheticLoop.create(store, admission_rule=handle.admission, admission_logic=handle.logic,
+                                        tuning=json.loads(handle.tuning), rng_seed=handle.rng_seed)
+            session = RUNTIME.session(handle.session)
+            with session.lock:
+                loop.load_policy_state(session.policy)
+            self.loops[handle.session] = (handle, loop)
+            return loop
+
+    def current(self, session: str) -> AestheticLoop | None:
+        known = self.loops.get(session)
+        return known[1] if known else None
+
+
+CACHES = CacheRegistry()
+
+
+def image_encoder(strategy: str, clip_vision, open_clip_config: str, open_clip_weights: str):
+    """The image encoder a CLIP strategy needs, or None for the others."""
+    if strategy == "clip_vision":
+        if clip_vision is None:
+            raise fail(NODE, "strategy clip_vision needs a CLIP_VISION input: wire a Load CLIP Vision node "
+                             "(models from models/clip_vision)")
+        return lambda images: clip_vision.encode_image(images).image_embeds
+    if strategy == "open_clip":
+        folders = ", ".join(comfy.models_folders("clip_vision"))
+        if not open_clip_weights or Path(open_clip_weights).is_absolute() or ".." in Path(open_clip_weights).parts:
+            raise fail(NODE, f"strategy open_clip needs open_clip_weights: the name of a weights file in "
+                             f"models/clip_vision ({folders})")
+        path = comfy.model_path("clip_vision", open_clip_weights)
+        if path is None:
+            raise fail(NODE, f"open_clip weights file {open_clip_weights!r} is not in {folders}; put it there "
+                             f"(Dream Window never downloads models)")
+        key = (open_clip_config, path)
+        if key not in CACHES.encoders:
+            try:
+                CACHES.encoders[key] = load_open_clip(open_clip_config, path, comfy.torch_device())
+            except StrategyUnavailableError as exc:
+                raise fail(NODE, str(exc)) from exc
+            except RuntimeError as exc:
+                raise fail(NODE, f"open_clip config {open_clip_config!r} does not fit the weights in "
+                                 f"{open_clip_weights!r}: {exc}") from exc
+        return CACHES.encoders[key]
+    return None

@@ -1,0 +1,97 @@
+"""The aesthetic cache inside the looping workflow: injection, CLIP vision, modes."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from harness.comfy_process import TINY_CLIP_VISION
+from loop_helpers import WHITELIST, captured, changed_fields, dream_workflow
+
+pytestmark = pytest.mark.e2e
+
+FORCE = {"warmup_keyframes": 0, "injection_probability": 1.0, "injection_cooldown": 0,
+         "windows": {"cosine": [-1.0, 1.0]}}
+
+
+def run_iterations(comfy, wf, name, k, timeout=120):
+    comfy.queue(wf)
+    comfy.wait_for(lambda: (comfy.session(name) or {}).get("iteration", 0) >= k, timeout=timeout,
+                   what=f"{k} iterations of {name}")
+    comfy.control("stop", name)
+    return comfy.wait_for(lambda: (s := comfy.session(name)) and not comfy.get("/queue")["queue_running"] and s,
+                          timeout=60, what=f"{name} to stop")
+
+
+def test_forced_injection_blends_the_cached_latent(comfy):
+    wf = dream_workflow("inject", capture="cap_inject", injection=True)
+    wf["3"]["inputs"].update(strategy="latent_pool", admission="always", tuning=json.dumps(FORCE))
+    assert changed_fields(wf) <= WHITELIST | {("3", "admission")}
+    run_iterations(comfy, wf, "inject", 5)
+    info = comfy.get("/dream_window/cache/inject")
+    assert info["strategy"] == "latent_pool" and info["size"] >= 2
+    src, out = captured(comfy.base / "output", "cap_inject", "src"), captured(comfy.base / "output", "cap_inject", "out")
+    injected = [d for d in info["decisions"] if d["action"] == "cache"]
+    assert injected, info["decisions"]
+    tensors = comfy.base / "output" / "dream_window_cache" / "inject" / "tensors"
+    for decision in injected:
+        k = decision["keyframe"]
+        cached = load_file(str(tensors / f"{decision['entry_id']}.safetensors"))["latent"]
+        expected = 0.75 * cached + 0.25 * out[k - 2]
+        assert torch.allclose(src[k - 1], expected, atol=1e-5), f"keyframe {k} is not the 0.75/0.25 blend"
+    state = json.loads((comfy.base / "output" / "dream_window" / "inject" / "state.json").read_text())
+    assert state["stats"]["last_decision"]["action"] in ("cache", "none")
+    assert state["policy"]["injection"]["total_cache_injections"] == len(injected)
+
+
+def test_clip_vision_workflow_runs(comfy):
+    wf = dream_workflow("dream_clip", name="dream_window_clip")
+    wf["11"]["inputs"]["clip_name"] = TINY_CLIP_VISION
+    assert changed_fields(wf, "dream_window_clip") <= WHITELIST
+    run_iterations(comfy, wf, "dream_clip", 2, timeout=240)
+    info = comfy.get("/dream_window/cache/dream_clip")
+    assert info["strategy"] == "clip_vision" and info["size"] >= 1
+    assert info["cache_error"] is None
+
+
+def test_img2img_mode_makes_keyframes_only(comfy):
+    wf = dream_workflow("keyframes_only")
+    wf["5"]["inputs"]["mode"] = "img2img"
+    state = run_iterations(comfy, wf, "keyframes_only", 3)
+    assert state["frames"] == state["iteration"], "img2img: one frame per iteration"
+
+
+def test_interpolate_mode_walks_between_cached_seed_images(comfy):
+    seeds = comfy.base / "input" / "walk_seeds"
+    seeds.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(7)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(seeds / f"s{i}.png")
+    wf = dream_workflow("walker")
+    wf["5"]["inputs"].update(mode="interpolate", seed_folder="walk_seeds")
+    state = run_iterations(comfy, wf, "walker", 3)
+    assert state["frames"] == 1 + (state["iteration"] - 1) * 11
+    info = comfy.get("/dream_window/cache/walker")
+    assert sorted(e["source"] for e in info["entries"]) == ["seed"] * 3
+    folder = comfy.base / "output" / "dream_window" / "walker"
+    committed = json.loads((folder / "state.json").read_text())
+    recent = load_file(str(folder / committed["latents_file"]))
+    keyframe = recent[max(recent, key=lambda key: int(key.split("_")[1]))]
+    tensors = comfy.base / "output" / "dream_window_cache" / "walker" / "tensors"
+    cached = [load_file(str(tensors / f"{e['id']}.safetensors"))["latent"] for e in info["entries"]]
+    assert any(torch.equal(keyframe, c) for c in cached), "no sampling: each keyframe is a cached seed latent"
+
+
+def test_interpolate_mode_without_cache_or_seeds_says_what_to_do(comfy):
+    wf = dream_workflow("lost_walker", autoqueue=False)
+    wf["5"]["inputs"]["mode"] = "interpolate"
+    comfy.queue(wf)
+    state = comfy.wait_for(lambda: (s := comfy.session("lost_walker")) and s["last_error"] and s, timeout=60,
+                           what="the walk to fail")
+    message = state["last_error"]["message"]
+    assert "DreamWindowKeyframeSource" in message and "seed_folder" in message and state["iteration"] == 0
