@@ -28,11 +28,20 @@ def export_frames(paths: Sequence[Path], fmt: str, fps: float) -> bytes:
     return _webp(paths, fps) if fmt == "webp" else _mp4(paths, fps)
 
 
-def _webp(paths: Sequence[Path], fps: float) -> bytes:
-    frames = []
+def _images(paths: Sequence[Path]):
+    """The frames as RGB images, skipping any deleted meanwhile (retention on a running session)."""
     for path in paths:
-        with Image.open(path) as img:
-            frames.append(img.convert("RGB"))
+        try:
+            with Image.open(path) as img:
+                yield img.convert("RGB")
+        except FileNotFoundError:
+            continue
+
+
+def _webp(paths: Sequence[Path], fps: float) -> bytes:
+    frames = list(_images(paths))
+    if not frames:
+        raise ValueError("the frames in that range were deleted meanwhile")
     buf = io.BytesIO()
     frames[0].save(buf, format="WEBP", save_all=True, append_images=frames[1:], duration=round(1000 / fps),
                    loop=0, lossless=True, quality=80)
@@ -43,18 +52,18 @@ def _mp4(paths: Sequence[Path], fps: float) -> bytes:
     import av  # ComfyUI's own dependency; imported here so the pack loads without it
     from fractions import Fraction
 
+    frames = _images(paths)
+    first = next(frames, None)
+    if first is None:
+        raise ValueError("the frames in that range were deleted meanwhile")
+    width, height = first.width - first.width % 2, first.height - first.height % 2  # yuv420p needs even sizes
     buf = io.BytesIO()
     with av.open(buf, mode="w", format="mp4") as container:
         stream = container.add_stream("libx264" if "libx264" in av.codecs_available else "mpeg4",
                                       rate=Fraction(fps).limit_denominator(1000))
-        stream.pix_fmt = "yuv420p"
-        for path in paths:
-            with Image.open(path) as img:
-                rgb = img.convert("RGB")
-            if not stream.width:
-                stream.width, stream.height = rgb.width - rgb.width % 2, rgb.height - rgb.height % 2
-            frame = av.VideoFrame.from_image(rgb.crop((0, 0, stream.width, stream.height)))
-            for packet in stream.encode(frame):
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        for rgb in [first, *frames]:
+            for packet in stream.encode(av.VideoFrame.from_image(rgb.crop((0, 0, width, height)))):
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)

@@ -30,6 +30,8 @@ MAX_INDEX = 10**12
 VIEWER = Path(__file__).resolve().parents[1] / "web" / "viewer"
 VIEWER_ASSETS = {"viewer.mjs": "text/javascript", "viewer.css": "text/css"}
 BOUNDARY = "dwframe"
+STREAM_IDLE_CHECK = 5.0
+"""Seconds between checks that a stream's viewer is still connected while no frame plays."""
 
 
 def _error(status: int, message: str) -> web.Response:
@@ -135,7 +137,7 @@ def _int_param(request: web.Request, key: str, low: int, high: int) -> int | Non
     raw = request.query.get(key)
     if raw is None:
         return None
-    if not raw.isdigit() or len(raw) > 13 or not low <= int(raw) <= high:
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 13 or not low <= int(raw) <= high:
         raise ValueError(f"{key} must be a whole number from {low} to {high}")
     return int(raw)
 
@@ -196,14 +198,22 @@ async def stream(request: web.Request) -> web.StreamResponse:
     key = publisher.subscribe(lambda shown: loop.call_soon_threadsafe(_offer, queue, shown))
     response = web.StreamResponse(headers={"Content-Type": f"multipart/x-mixed-replace; boundary={BOUNDARY}",
                                            "Cache-Control": "no-cache"})
-    sent = 0
+    sent, last = 0, 0
     try:
         await response.prepare(request)
         latest = publisher.latest()
         if latest is not None:
             _offer(queue, latest)
         while limit is None or sent < limit:
-            shown = await queue.get()
+            try:
+                shown = await asyncio.wait_for(queue.get(), STREAM_IDLE_CHECK)
+            except asyncio.TimeoutError:
+                if request.transport is None or request.transport.is_closing():
+                    break  # the viewer left while nothing played (aiohttp does not cancel us)
+                continue
+            if shown.index <= last:
+                continue  # strictly increasing, even if a frame raced the first "latest" offer
+            last = shown.index
             read = (lambda: Path(shown.path).read_bytes()) if fmt == "png" else (lambda: publisher.jpeg(shown))
             try:
                 data = await loop.run_in_executor(None, read)
@@ -213,7 +223,7 @@ async def stream(request: web.Request) -> web.StreamResponse:
                     f"X-Dream-Window-Frame: {shown.index}\r\n\r\n").encode()
             await response.write(head + data + b"\r\n")
             sent += 1
-    except (ConnectionResetError, asyncio.CancelledError):
+    except ConnectionResetError:
         pass  # the viewer went away; the loop is not disturbed
     finally:
         publisher.unsubscribe(key)

@@ -37,6 +37,9 @@ def test_js_and_templates_are_served(comfy):
     assert status == 200 and b"registerExtension" in body
     assert sorted(comfy.get("/workflow_templates")[PACK_NAME]) == ["dream_window", "dream_window_clip"], \
         "API twins stay out of the browser"
+    for name in ("dream_window", "dream_window_clip"):
+        status, body, headers = comfy.request("GET", f"/api/workflow_templates/{PACK_NAME}/{name}.jpg")
+        assert status == 200 and headers["Content-Type"] == "image/jpeg", "template browser thumbnail"
     status, body, _ = comfy.request("GET", f"/api/workflow_templates/{PACK_NAME}/dream_window.json")
     assert status == 200 and json.loads(body) == json.loads((REPO / "workflows" / "dream_window.json").read_text())
 
