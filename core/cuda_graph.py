@@ -152,8 +152,9 @@ class _Entry:
             buffer.copy_(cond[name])
 
 
-def _static_like(tensor: torch.Tensor) -> torch.Tensor:
-    return torch.empty(tensor.shape, dtype=tensor.dtype, device=tensor.device).copy_(tensor)
+def _static_like(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A static graph input on ``device`` holding ``tensor`` (copied there if it lives elsewhere)."""
+    return torch.empty(tensor.shape, dtype=tensor.dtype, device=device).copy_(tensor)
 
 
 class GraphCache:
@@ -234,9 +235,6 @@ class GraphCache:
                 return f"unknown cond entry {name!r}"
             if not isinstance(value, torch.Tensor):
                 return f"cond entry {name!r} is a {type(value).__name__}, not a tensor"
-        devices = {str(v.device) for v in chain((x, t), (cond[n] for n in cond if n in self.tensor_conds))}
-        if len(devices) > 1:
-            return f"inputs on several devices ({', '.join(sorted(devices))})"
         unsupported = self.backend.unsupported(x.device)
         if unsupported is not None:
             return unsupported
@@ -253,8 +251,10 @@ class GraphCache:
         while len(self._graphs) >= self.max_graphs:
             self._graphs.popitem(last=False)[1].graph.release()
             self.stats.evictions += 1
-        static_x, static_t = _static_like(x), _static_like(t)
-        static_conds = {name: _static_like(v) for name, v in cond.items() if name in self.tensor_conds}
+        # Every graph input lives on x's device: ComfyUI may hand over a timestep or a cond on the CPU,
+        # which the eager forward moves itself; each call's values are copied in (``_Entry.load``).
+        static_x, static_t = _static_like(x, x.device), _static_like(t, x.device)
+        static_conds = {name: _static_like(v, x.device) for name, v in cond.items() if name in self.tensor_conds}
         passed = {name: v for name, v in cond.items() if name in self.passthrough}
 
         def run() -> Any:

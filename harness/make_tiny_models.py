@@ -25,11 +25,11 @@ from pathlib import Path
 TINY_SD15 = "dream_window_tiny_sd15.safetensors"
 TINY_CLIP_VISION = "dream_window_tiny_vitl.safetensors"
 FULL_SD15 = "dream_window_full_sd15.safetensors"
-SD15_UNET = dict(image_size=32, in_channels=4, model_channels=320, out_channels=4, num_res_blocks=[2, 2, 2, 2],
-                 channel_mult=[1, 2, 4, 4], num_heads=8, use_spatial_transformer=True,
-                 transformer_depth=[1, 1, 1, 1, 1, 1, 0, 0], transformer_depth_middle=1,
-                 transformer_depth_output=[1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0], context_dim=768,
-                 use_linear_in_transformer=False, legacy=False, adm_in_channels=None)
+SD15_UNET = {"image_size": 32, "in_channels": 4, "model_channels": 320, "out_channels": 4,
+             "num_res_blocks": [2, 2, 2, 2], "channel_mult": [1, 2, 4, 4], "num_heads": 8,
+             "use_spatial_transformer": True, "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0],
+             "transformer_depth_middle": 1, "transformer_depth_output": [1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0],
+             "context_dim": 768, "use_linear_in_transformer": False, "legacy": False, "adm_in_channels": None}
 """The UNet configuration ComfyUI detects in an SD1.5 checkpoint."""
 SD15_VAE = {"double_z": True, "z_channels": 4, "resolution": 256, "in_channels": 3, "out_ch": 3, "ch": 128,
             "ch_mult": [1, 2, 4, 4], "num_res_blocks": 2, "attn_resolutions": [], "dropout": 0.0}
@@ -157,9 +157,9 @@ def vae_state(kind: str) -> dict:
 
 
 def make_full_sd15(models: Path) -> None:
-    import torch
     import comfy.ops
     import comfy.sd1_clip
+    import torch
     from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
     from safetensors.torch import save_file
 

@@ -11,7 +11,7 @@ from harness.comfy_process import PACK_NAME, REPO
 pytestmark = pytest.mark.e2e
 
 NODE_IDS = ["DreamWindowSession", "DreamWindowKeyframeSource", "DreamWindowInterpolate", "DreamWindowCommit",
-            "DreamWindowAutoQueue", "DreamWindowPrompts", "DreamWindowCache"]
+            "DreamWindowAutoQueue", "DreamWindowPrompts", "DreamWindowCache", "DreamWindowCudaGraph"]
 FRONTEND_ONLY = {"Note", "MarkdownNote"}
 MODEL_COMBOS = {("CheckpointLoaderSimple", "ckpt_name"), ("CLIPVisionLoader", "clip_name")}
 
@@ -120,3 +120,5 @@ def test_bundled_api_workflow_defaults_are_the_originals():
     cache = api["3"]["inputs"]
     assert (cache["strategy"], cache["capacity"], cache["eviction"]) == ("dual_metric", 50, "fifo")
     assert api["5"]["inputs"]["mode"] == "hybrid" and api["5"]["inputs"]["cache"] == ["3", 0]
+    assert api["12"]["inputs"] == {"model": ["1", 0], "enabled": True} and api["6"]["inputs"]["model"] == ["12", 0], \
+        "CUDA graphs on by default (a no-op without CUDA), after the recorded GPU run"

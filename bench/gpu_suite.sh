@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# The GPU benchmark suite, one command on the lent GPU machine (under 6 minutes with start-up):
+# bench/interp_path.py, loop_overhead.py, vs_controller.py and memory.py at the original's settings
+# (512x256, 10 steps, cfg 6, euler/karras, denoise 0.2, N = 10 and 32; interp_path also N = 64) with
+# the full SD1.5 architecture (random fp16 weights made at run time by harness/make_tiny_models.py
+# full_sd15 with ComfyUI's own classes), then bench/cuda_graph_bench.py --comfy <tree> if it exists.
+# Every result goes to $OUT (suite.log, one JSON per benchmark).
+#
+# Prepare here first: bash bench/prepare_gpu.sh (wheels in .whl/, stripped ComfyUI in .gpu/ComfyUI).
+# Device-tool call: carry [".whl", ".gpu"], timeout_s 600, command:
+#   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site && PYTHONUNBUFFERED=1 bash bench/gpu_suite.sh
+#
+# --cpu-dry-run: the same steps on the CPU with the tiny models and tiny counts (a few minutes), to
+# check the environment (see bench/gpu_dry_run.sh); results go to $OUT or bench/results/gpu-dry-run.
+set -uo pipefail
+repo=$(cd "$(dirname "$0")/.." && pwd)
+cd "$repo"
+mode=gpu
+case "${1:-}" in
+  "") ;;
+  --cpu-dry-run) mode=cpu ;;
+  *) echo "usage: bash bench/gpu_suite.sh [--cpu-dry-run]" >&2; exit 2 ;;
+esac
+PY=${PYTHON:-python3}
+export COMFYUI_DIR=${COMFYUI_DIR:-$repo/.gpu/ComfyUI}
+out=${OUT:-$repo/bench/results/gpu-$([ $mode = cpu ] && echo dry-run || date +%Y%m%d-%H%M%S)}
+work=$(mktemp -d /tmp/dw-gpu-suite.XXXXXX)
+export DW_HARNESS_DIR=$work/harness
+models=$work/models
+front=$work/web
+mkdir -p "$out" "$models" "$front"
+log=$out/suite.log
+[ -f "$COMFYUI_DIR/main.py" ] || { echo "no ComfyUI at $COMFYUI_DIR: run bash bench/prepare_gpu.sh here first" >&2; exit 2; }
+
+if [ $mode = gpu ]; then
+  # Each benchmark's defaults on CUDA / with --gpu are the original's settings.
+  kinds=(full_sd15); ckpt=dream_window_full_sd15.safetensors; device=(--gpu)
+  interp=(); loop=(); vs=(); mem=()
+else
+  kinds=(sd15); ckpt=dream_window_tiny_sd15.safetensors; device=()
+  interp=(--frames 2 4 --taesd-size 64x32 --kl-size 32x16 --repeats 1)
+  loop=(--frames 2 --steps 2 --rounds 1 --iterations 2 --node-iterations 1)
+  vs=(--frames 2 --steps 2 --keyframes 3); mem=(--iterations 20 --warmup 5)
+fi
+server=("${device[@]}" --models "$models" --checkpoint "$ckpt" --front-end-root "$front" --python "$PY")
+failed=()
+source bench/suite_steps.sh
+
+environment() {
+  date -u +"date %Y-%m-%dT%H:%M:%SZ"
+  command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+  "$PY" -c "import sys, torch; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.cuda.is_available())"
+  echo "mode $mode, ComfyUI $COMFYUI_DIR, results $out"
+}
+
+step environment environment
+step models "$PY" harness/make_tiny_models.py --comfy "$COMFYUI_DIR" --models "$models" "${kinds[@]}"
+step interp_path "$PY" bench/interp_path.py "${interp[@]}" --output "$out/interp_path.json"
+step loop_overhead "$PY" bench/loop_overhead.py "${server[@]}" "${loop[@]}" --output "$out/loop_overhead.json"
+step vs_controller "$PY" bench/vs_controller.py "${server[@]}" "${vs[@]}" --output "$out/vs_controller.json"
+step memory "$PY" bench/memory.py "${server[@]}" "${mem[@]}" --output "$out/memory.json"
+if [ -f bench/cuda_graph_bench.py ]; then
+  step cuda_graph "$PY" bench/cuda_graph_bench.py --comfy "$COMFYUI_DIR"
+  for f in bench/results/cuda_graph*.json; do [ -f "$f" ] && cp "$f" "$out/"; done
+else
+  echo "=== cuda_graph: bench/cuda_graph_bench.py does not exist in this tree: not run" | tee -a "$log"
+fi
+rm -rf "$work"
+suite_end "$out"

@@ -1,0 +1,62 @@
+"""Loop frames per second with and without the CUDA-graph node, on one server in one run.
+
+    python bench/loop_fps.py [--gpu --models DIR --checkpoint NAME --front-end-root DIR]
+
+The bundled dream workflow (throttling off) runs ``--warmup + --iterations`` keyframes by
+itself, once with its Dream Window CUDA Graph node disabled and once enabled; frames produced per second are taken over the iterations after
+the warm-up, from the server-side prompt timings. The node's counters (captures, replays,
+fallbacks) are read from the server log. Results: bench/results/loop_fps.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+
+sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
+
+from common import output_arg, positive_int, print_table, ratio, write_results, machine_info, frame_size  # noqa: E402
+from serverlib import add_server_args, check_server_args, dream_workflow, node_id, open_server, run_dream  # noqa: E402
+
+COUNTERS = re.compile(r"DreamWindowCudaGraph.*?(\d+) captures, (\d+) replays, (\d+) fallbacks")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_server_args(parser)
+    parser.add_argument("--size", type=frame_size, help="WxH (default 512x256 with --gpu, else 64x64)")
+    parser.add_argument("--steps", type=positive_int, default=10)
+    parser.add_argument("--frames", type=positive_int, default=10, help="interpolated frames per keyframe (10)")
+    parser.add_argument("--warmup", type=positive_int, default=3)
+    parser.add_argument("--iterations", type=positive_int, default=20)
+    output_arg(parser, "loop_fps")
+    args = parser.parse_args()
+    check_server_args(parser, args)
+    size = args.size or ((512, 256) if args.gpu else (64, 64))
+    rows, results = [], {"machine": machine_info(), "size": list(size), "steps": args.steps, "frames": args.frames}
+    with open_server(args, "fps") as server:
+        for label, accel in (("eager", False), ("cuda graph", True)):
+            total = args.warmup + args.iterations
+            wf = dream_workflow(args.checkpoint, size, args.steps, args.frames, f"fps_{int(accel)}", total)
+            wf[node_id(wf, "DreamWindowCudaGraph")]["inputs"]["enabled"] = accel
+            records = run_dream(server, wf, args.warmup, args.iterations, 900)
+            seconds = records[-1]["end"] - records[0]["start"]
+            fps = args.iterations * (args.frames + 1) / seconds
+            results[label] = {"fps": fps, "iteration_ms": 1000 * seconds / args.iterations}
+            rows.append([label, f"{fps:.1f}", f"{1000 * seconds / args.iterations:.1f}"])
+        counters = COUNTERS.findall(server.log_tail(2_000_000))
+        results["cuda_graph_counters"] = [list(map(int, c)) for c in counters[-1:]]
+    speedup = ratio(results["cuda graph"]["fps"], results["eager"]["fps"])
+    results["speedup"] = speedup
+    print_table(f"loop frames per second, {size[0]}x{size[1]}, {args.steps} steps, N={args.frames}, "
+                f"{args.iterations} iterations after {args.warmup} warm-up", ["loop", "fps", "ms/iteration"], rows)
+    print(f"cuda graph / eager: {speedup:.2f}x; node counters (captures, replays, fallbacks): "
+          f"{results['cuda_graph_counters'] or 'none logged'}")
+    write_results(args.output, results)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The CPU benchmark suite, one command from a fresh clone (builds the harness first if needed):
+#   bash bench/run_cpu.sh
+# Runs bench/cache_scaling.py, interp_path.py, loop_overhead.py, vs_controller.py and memory.py
+# with their CPU defaults (tiny synthesised models at <= 128 px; 1,000 loop iterations for memory);
+# about 5 minutes on an idle 2-core machine, well under 10. Results: bench/results/*.json and
+# bench/results/cpu_suite.log. Noisy neighbours slow every figure: the ratios, measured with both
+# sides in the same run, are what to compare; the load average is printed before and after.
+set -uo pipefail
+repo=$(cd "$(dirname "$0")/.." && pwd)
+cd "$repo"
+bash harness/setup_comfyui.sh || exit 1
+H=${DW_HARNESS_DIR:-$repo/.harness}
+PY=${COMFYUI_PYTHON:-$H/venv/bin/python}
+mkdir -p bench/results
+log=bench/results/cpu_suite.log
+: > "$log"
+failed=()
+source bench/suite_steps.sh
+
+step load uptime
+step cache_scaling "$PY" bench/cache_scaling.py
+step interp_path "$PY" bench/interp_path.py
+step loop_overhead "$PY" bench/loop_overhead.py
+step vs_controller "$PY" bench/vs_controller.py
+step memory "$PY" bench/memory.py
+step load uptime
+suite_end bench/results
