@@ -16,7 +16,7 @@ TEST_PACKS = {"dw_test_pack": REPO / "tests" / "fixtures" / "dw_test_pack"}
 WHITELIST = {("1", "ckpt_name"), ("5", "width"), ("5", "height"), ("6", "steps"), ("4", "name"),
              ("10", "enabled"), ("10", "max_iterations"), ("10", "buffer_target"), ("3", "injection"),
              ("3", "tuning"), ("3", "strategy"), ("3", "cache_name"), ("5", "mode"), ("5", "seed_folder"),
-             ("11", "clip_name"), ("7", "frames")}
+             ("11", "clip_name"), ("7", "frames"), ("12", "enabled")}
 
 
 def dream_workflow(session: str = "dream", size: int = 64, steps: int = 2, capture: str | None = None,

@@ -14,13 +14,14 @@ pytestmark = pytest.mark.e2e
 CPU_REASON = "running eagerly: cpu tensors: CUDA graphs need a CUDA device"
 
 
-def sequence_workflow(session: str, graph_node: str | None = None) -> dict:
-    """The bundled loop at test size, replayable seeds, no autoqueue; optionally with the node before KSampler."""
+GRAPH_NODE = "12"  # the bundled workflows' DreamWindowCudaGraph, between the checkpoint and KSampler
+
+
+def sequence_workflow(session: str, graphs: bool) -> dict:
+    """The bundled loop at test size, replayable seeds, no autoqueue; its CUDA-graph node on or off."""
     wf = dream_workflow(session, capture=f"cap_{session}", autoqueue=False)
     wf["5"]["inputs"]["seed_mode"] = "sequence"
-    if graph_node is not None:
-        wf[graph_node] = {"class_type": "DreamWindowCudaGraph", "inputs": {"model": ["1", 0], "enabled": True}}
-        wf["6"]["inputs"]["model"] = [graph_node, 0]
+    wf[GRAPH_NODE]["inputs"]["enabled"] = graphs
     return wf
 
 
@@ -38,13 +39,16 @@ def test_node_is_a_bit_identical_no_op_on_cpu(comfy):
     assert info["description"] and info["category"] == "dream_window" and all(info["output_tooltips"])
     assert all(spec[1].get("tooltip") for spec in info["input"]["required"].values())
 
-    with_graphs = sequence_workflow("cg_on", graph_node="110")
+    with_graphs = sequence_workflow("cg_on", graphs=True)
     first = run_iteration(comfy, with_graphs, "cg_on", 1)
     entry = comfy.wait_for(lambda: comfy.get(f"/history/{first}").get(first), what="the prompt in the history")
-    assert entry["outputs"]["110"]["text"][0].startswith("no CUDA device (cpu)")
+    cached = {node for event, data in entry["status"]["messages"] if event == "execution_cached"
+              for node in data["nodes"]}
+    if GRAPH_NODE not in cached:  # a node served from ComfyUI's cache reports no ui
+        assert entry["outputs"][GRAPH_NODE]["text"][0].startswith("no CUDA device (cpu)")
     run_iteration(comfy, with_graphs, "cg_on", 2)
     for i in (1, 2):
-        run_iteration(comfy, sequence_workflow("cg_off"), "cg_off", i)
+        run_iteration(comfy, sequence_workflow("cg_off", graphs=False), "cg_off", i)
 
     output = comfy.base / "output"
     with_node, without = captured(output, "cap_cg_on", "out"), captured(output, "cap_cg_off", "out")
@@ -53,25 +57,25 @@ def test_node_is_a_bit_identical_no_op_on_cpu(comfy):
         assert torch.equal(a, b), "keyframes differ with the node on CPU"
     assert not torch.equal(with_node[0], with_node[1]), "the two keyframes should differ (sequence seeds)"
 
+    # The bundled node's output is cached across sessions of the shared server (same inputs), so its
+    # wrapper, and its one-time log line, may come from an earlier test.
     log = comfy.log_path.read_text(errors="replace")
-    assert log.count(f"DreamWindowCudaGraph #110: {CPU_REASON}") == 1, "the reason is logged once"
-    counters = re.findall(r"DreamWindowCudaGraph #110: after (\d+) sampling runs: 0 captures, 0 replays, "
-                          r"(\d+) fallbacks", log)
-    assert [runs for runs, _ in counters] == ["1", "2"]
-    assert int(counters[1][1]) >= 4, "every forward of 2 keyframes x 2 steps went through the wrapper"
+    assert f"DreamWindowCudaGraph #{GRAPH_NODE}: {CPU_REASON}" in log
 
 
 def test_patches_are_refused_and_clones_after_the_node_share_its_checks(comfy):
     # FreeU (before the node) adds an output-block patch; RescaleCFG (after it) clones the model again.
-    wf = sequence_workflow("cg_patched")
+    wf = sequence_workflow("cg_patched", graphs=True)
     wf["120"] = {"class_type": "FreeU_V2", "inputs": {"model": ["1", 0], "b1": 1.3, "b2": 1.4, "s1": 0.9, "s2": 0.2}}
-    wf["121"] = {"class_type": "DreamWindowCudaGraph", "inputs": {"model": ["120", 0], "enabled": True}}
-    wf["122"] = {"class_type": "RescaleCFG", "inputs": {"model": ["121", 0], "multiplier": 0.7}}
+    wf[GRAPH_NODE]["inputs"]["model"] = ["120", 0]
+    wf["122"] = {"class_type": "RescaleCFG", "inputs": {"model": [GRAPH_NODE, 0], "multiplier": 0.7}}
     wf["6"]["inputs"]["model"] = ["122", 0]
+    start = len(comfy.log_path.read_text(errors="replace"))
     run_iteration(comfy, wf, "cg_patched", 1)
-    log = comfy.log_path.read_text(errors="replace")
+    log = comfy.log_path.read_text(errors="replace")[start:]
     # Refused for the patch, not as "outside a sampling run": the clone's run armed the shared wrapper.
-    assert log.count("DreamWindowCudaGraph #121: running eagerly: transformer_options patches: output_block_patch") == 1
-    [fallbacks] = re.findall(r"DreamWindowCudaGraph #121: after 1 sampling runs: 0 captures, 0 replays, "
+    assert log.count(f"DreamWindowCudaGraph #{GRAPH_NODE}: running eagerly: transformer_options patches: "
+                     "output_block_patch") == 1
+    [fallbacks] = re.findall(rf"DreamWindowCudaGraph #{GRAPH_NODE}: after 1 sampling runs: 0 captures, 0 replays, "
                              r"(\d+) fallbacks", log)
     assert int(fallbacks) >= 2, "both steps of the keyframe went through the wrapper"

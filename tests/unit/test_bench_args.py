@@ -1,0 +1,83 @@
+"""bench/cache_scaling.py: its options, and the embedding rows it reports instead of zeros
+when a model cannot be measured."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from bench import cache_scaling as bench
+
+
+def fake_comfy_tree(folder):
+    """A folder that passes for a ComfyUI tree (nothing is imported from it)."""
+    (folder / "comfy").mkdir(parents=True)
+    (folder / "comfy" / "clip_vision.py").write_text("")
+    return folder
+
+
+def test_defaults_point_at_the_harness():
+    args = bench.parse_args([])
+    assert args.comfy == bench.COMFYUI_DIR
+    assert args.clip_vision == bench.DEFAULT_CLIP_VISION
+    assert (args.embed_repeats, args.model_repeats) == (20, 3)
+
+
+def test_given_comfy_tree_and_clip_vision_file_are_kept(tmp_path):
+    tree = fake_comfy_tree(tmp_path / "ComfyUI")
+    model = tmp_path / "vision.safetensors"
+    model.write_bytes(b"")
+    args = bench.parse_args(["--comfy", str(tree), "--clip-vision", str(model)])
+    assert (args.comfy, args.clip_vision) == (tree, model)
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        ("--comfy", "no ComfyUI tree at"),
+        ("--clip-vision", "no file"),
+        ("--open-clip-weights", "no file"),
+    ],
+)
+def test_a_given_path_that_is_missing_is_an_error(tmp_path, capsys, option, message):
+    with pytest.raises(SystemExit):
+        bench.parse_args([option, str(tmp_path / "missing")])
+    assert message in capsys.readouterr().err
+
+
+def test_model_repeats_must_be_positive(capsys):
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--model-repeats", "0"])
+    assert "outside 1.." in capsys.readouterr().err
+
+
+def test_clip_vision_without_a_comfy_tree_is_skipped_with_the_reason(tmp_path):
+    args = bench.parse_args([])
+    args.comfy = tmp_path / "no-comfy"
+    row = bench.clip_vision_row(args, torch.rand(2, 8, 16, 3))
+    assert row["skipped"] == f"no ComfyUI tree at {args.comfy} (--comfy DIR)"
+    assert "median_ms" not in row
+    assert bench.embedding_line(row).endswith(f"skipped: {row['skipped']}")
+
+
+def test_clip_vision_without_a_model_file_is_skipped_with_the_reason(tmp_path):
+    args = bench.parse_args(["--comfy", str(fake_comfy_tree(tmp_path / "ComfyUI"))])
+    args.clip_vision = tmp_path / "none.safetensors"
+    row = bench.clip_vision_row(args, torch.rand(2, 8, 16, 3))
+    assert row["skipped"].startswith(f"no CLIP vision file at {args.clip_vision} ")
+
+
+def test_open_clip_rows_are_skipped_when_the_package_is_missing(monkeypatch):
+    monkeypatch.setattr(bench.similarity, "open_clip_available", lambda: False)
+    rows = bench.open_clip_rows(bench.parse_args([]), torch.rand(2, 8, 16, 3))
+    assert [row["model"] for row in rows] == ["DW-Tiny stand-in", "ViT-B-32"]
+    assert all(row["skipped"].startswith("open_clip is not installed") for row in rows)
+
+
+def test_open_clip_stand_in_is_measured_and_labelled_a_floor():
+    pytest.importorskip("open_clip")
+    args = bench.parse_args(["--embed-repeats", "1"])
+    stand_in, real = bench.open_clip_rows(args, torch.rand(2, 40, 80, 3))
+    assert stand_in["median_ms"] > 0 and stand_in["runs"] == 1
+    assert stand_in["note"] == "a floor, not the real cost of ViT-B-32"
+    assert real["skipped"] == "no local weights given (--open-clip-weights FILE)"
