@@ -1,6 +1,7 @@
 """The re-queue supervisor against a fake server backend (pure asyncio, no ComfyUI)."""
 
 import asyncio
+import concurrent.futures
 
 import pytest
 import torch
@@ -65,7 +66,10 @@ async def settle(cond, timeout=2.0):
 
 
 def run(coro):
-    return asyncio.run(coro)
+    """Run on a fresh loop in its own thread: another test's library (Playwright's sync API) may
+    keep an event loop running in the main thread."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
 
 
 def test_success_requeues_stripped_prompt_with_client_id(tmp_path):
