@@ -71,20 +71,27 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def sample_loop(server, session: str, iterations: int, interval: float, timeout: float) -> list[dict]:
-    """Samples ``{t, iteration, rss_mb, gpu_mb}`` until the session has stopped after ``iterations``."""
+def sample_loop(server, iterations: int, interval: float, timeout: float) -> list[dict]:
+    """Samples ``{t, iteration, rss_mb, gpu_mb}`` until ``iterations`` prompts have finished.
+
+    Finished iterations are counted from the timing pack's prompt records, so that sampling
+    asks nothing of the pack itself while it loops."""
     samples: list[dict] = []
+    done = 0
     deadline = time.monotonic() + timeout
     start = time.monotonic()
     while time.monotonic() < deadline:
-        state = server.session(session) or {"iteration": 0, "state": "starting"}
-        samples.append({"t": time.monotonic() - start, "iteration": state["iteration"],
+        records = sl.fetch_timings(server)
+        failed = [r["prompt_id"] for r in records if not r["success"]]
+        if failed:
+            raise RuntimeError(f"iteration prompts failed: {failed}; server log:\n{server.log_tail(3000)}")
+        done += len(records)
+        samples.append({"t": time.monotonic() - start, "iteration": done,
                         "rss_mb": rss_mb(server.proc.pid), "gpu_mb": gpu_memory_used_mb()})
-        if state["iteration"] >= iterations and state["state"] != "running":
+        if done >= iterations:
             return samples
         time.sleep(interval)
-    raise TimeoutError(f"the loop did not finish {iterations} iterations in {timeout} s "
-                       f"(at {samples[-1]['iteration']})")
+    raise TimeoutError(f"the loop did not finish {iterations} iterations in {timeout} s (at {done})")
 
 
 def growth(samples: list[dict], key: str, warmup: int) -> dict:
@@ -105,9 +112,10 @@ def main(argv: list[str] | None = None) -> int:
           f"sampled every {args.interval} s", flush=True)
     wf = sl.dream_workflow(args.checkpoint, args.size, args.steps, args.frames, "bench_memory", args.iterations)
     with sl.open_server(args, "memory") as server:
+        sl.fetch_timings(server)
         server.queue(wf)
         started = time.monotonic()
-        samples = sample_loop(server, "bench_memory", args.iterations, args.interval, args.timeout)
+        samples = sample_loop(server, args.iterations, args.interval, args.timeout)
         wall = time.monotonic() - started
     series = {"rss_mb": growth(samples, "rss_mb", args.warmup), "gpu_mb": growth(samples, "gpu_mb", args.warmup)}
     rows = []

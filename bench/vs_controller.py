@@ -138,7 +138,8 @@ class Controller:
         wf = sl.controller_workflow(self.dream, name, random.getrandbits(32))
         reply = self.http.post(f"{self.server.url}/prompt", json={"prompt": wf, "client_id": self.client_id},
                                timeout=10)
-        reply.raise_for_status()
+        if reply.status_code != 200:
+            raise RuntimeError(f"POST /prompt refused the controller's graph ({reply.status_code}): {reply.text[:800]}")
         prompt_id = reply.json()["prompt_id"]
         self.wait(prompt_id)
         history = self.history(prompt_id)
@@ -289,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
                   fmt(r["native"]["gap_ms"]), fmt(r["controller"].get("gap_ms")),
                   fmt(r["controller"].get("round_trip_ms"), 1), fmt(r["controller"].get("outside_server_ms"), 1),
                   fmt(r["controller"].get("cycle_ms"), 1)] for r in results["rows"]])
-    results["note"] = (f"Each process runs {args.threads or 'the default number of'} torch CPU threads: the "
+    results["note"] = (f"Each process runs {args.threads or 'the default number of'} torch CPU thread(s): the "
                        f"controller's client interpolates in a process of its own, in parallel with the server "
                        f"sampling the next keyframe (on a CPU, on a core of its own); the native loop samples and "
                        f"decodes in the server alone, one after the other.")
