@@ -106,7 +106,15 @@ async def control_get(request: web.Request) -> web.Response:
 
 
 def _disk_bytes(folder: Path) -> int:
-    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and not p.is_symlink())
+    """Bytes under a session folder; files pruned by the frame writer meanwhile count as gone."""
+    total = 0
+    for path in folder.rglob("*"):
+        try:
+            if path.is_file() and not path.is_symlink():
+                total += path.stat().st_size
+        except FileNotFoundError:
+            continue
+    return total
 
 
 async def sessions(request: web.Request) -> web.Response:
