@@ -74,7 +74,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="MB per 1,000 iterations of RSS growth that fail the run (50)")
     parser.add_argument("--output", type=Path, default=REPO / "bench" / "results" / "soak.json",
                         help="JSON results file (bench/results/soak.json)")
-    parser.add_argument("--keep-base", action="store_true", help="keep the server's base folder (log, outputs)")
+    parser.add_argument("--keep-base", action="store_true",
+                        help="keep the server's base folder (log, outputs); kept anyway when a bound breaks")
     args = parser.parse_args(argv)
     if args.warmup is None:
         args.warmup = max(50, args.iterations // 10)
@@ -128,7 +129,7 @@ def slope_per(xs: list[float], ys: list[float], per: float = PER) -> float | Non
     sxx = sum((x - mx) ** 2 for x in xs)
     if sxx == 0:
         return None
-    return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx * per
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sxx * per
 
 
 def sample(server: ComfyServer, session: str, folders: dict[str, Path]) -> dict:
@@ -167,31 +168,41 @@ def run(server: ComfyServer, args: argparse.Namespace, session: str = SESSION) -
     started = time.monotonic()
     samples: list[dict] = []
     last_print = 0.0
-    while True:
-        reading = sample(server, session, folders)
-        reading["t"] -= started
-        samples.append(reading)
-        if reading["t"] - last_print >= 60:
-            last_print = reading["t"]
-            print(f"  {reading['t']:6.0f} s  iteration {reading['iteration']:5d}  RSS {reading['rss_mb']:7.1f} MB  "
-                  f"threads {reading['threads']}  fds {reading['fds']}  history {reading['history']}", flush=True)
-        if reading["iteration"] >= args.iterations and reading["state"] != "running":
-            break
-        if reading["t"] > args.timeout:
-            raise TimeoutError(f"the loop did not finish {args.iterations} iterations in {args.timeout} s "
-                               f"(at {reading['iteration']}); server log:\n{server.log_tail(3000)}")
-        if reading["state"] in ("paused", "idle"):
-            raise RuntimeError(f"the loop stopped at iteration {reading['iteration']} ({reading['state']}): "
-                               f"{server.session(session)['last_error']}")
-        time.sleep(args.interval)
-    wall = time.monotonic() - started
-    server.wait_for(lambda: not any(server.get("/queue").values()), timeout=120, what="the queue to empty")
-    expected_files = min(args.retention, 1 + (args.iterations - 1) * (args.frames + 1))
-    server.wait_for(lambda: sample(server, session, folders)["frame_files"] == expected_files, timeout=60,
-                    what="the frame writer to finish")
-    final = sample(server, session, folders)
-    final["t"] -= started
-    return report(args, samples, final, history_before, wall)
+    failure = None
+    try:
+        while True:
+            reading = sample(server, session, folders)
+            reading["t"] -= started
+            samples.append(reading)
+            if reading["t"] - last_print >= 60:
+                last_print = reading["t"]
+                print(f"  {reading['t']:6.0f} s  iteration {reading['iteration']:5d}  RSS {reading['rss_mb']:7.1f} "
+                      f"MB  threads {reading['threads']}  fds {reading['fds']}  history {reading['history']}",
+                      flush=True)
+            if reading["iteration"] >= args.iterations and reading["state"] != "running":
+                break
+            if reading["t"] > args.timeout:
+                raise TimeoutError(f"the loop did not finish {args.iterations} iterations in {args.timeout} s")
+            if reading["state"] in ("paused", "idle"):
+                raise RuntimeError(f"the loop stopped ({reading['state']}): {server.session(session)['last_error']}")
+            time.sleep(args.interval)
+        wall = time.monotonic() - started
+        server.wait_for(lambda: not any(server.get("/queue").values()), timeout=120, what="the queue to empty")
+        expected_files = min(args.retention, 1 + (args.iterations - 1) * (args.frames + 1))
+        server.wait_for(lambda: sample(server, session, folders)["frame_files"] == expected_files, timeout=60,
+                        what="the frame writer to finish")
+        final = sample(server, session, folders)
+        final["t"] -= started
+    except (AssertionError, OSError, RuntimeError) as exc:  # a 5xx, a dead server, a stalled or paused loop
+        if not samples:
+            raise
+        failure = f"the run broke off at iteration {samples[-1]['iteration']}: {type(exc).__name__}: {exc}"
+        print(failure, flush=True)
+        wall, final = time.monotonic() - started, samples[-1]
+    result = report(args, samples, final, history_before, wall)
+    if failure:
+        result["violations"].insert(0, failure)
+    return result
 
 
 def _series(samples: list[dict], key: str) -> dict:
@@ -298,13 +309,14 @@ def main(argv: list[str] | None = None) -> int:
     base = Path(tempfile.mkdtemp(prefix="dw-soak-"))
     server = ComfyServer(base)
     print(f"soak: {args.iterations} iterations (warm-up {args.warmup}) on ComfyUI in {base}", flush=True)
+    result = None
     try:
         server.start(timeout=300)
         result = run(server, args)
     finally:
         server.stop()
-        if args.keep_base:
-            print(f"server base kept: {base}")
+        if args.keep_base or result is None or result["violations"]:
+            print(f"server base kept (log: {server.log_path}): {base}")
         else:
             shutil.rmtree(base, ignore_errors=True)
     print(summary(result))

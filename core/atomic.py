@@ -7,6 +7,7 @@ just before or just after a replace (see ``fault_point``).
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 import signal
@@ -15,6 +16,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 FAULT_ENV = "DREAM_WINDOW_FAULT"
+_fault_hits: dict = {}
+"""How often each rule's point was reached, for ``@<n>`` (and the spec they count for)."""
 
 
 def fault_point(name: str) -> None:
@@ -22,15 +25,25 @@ def fault_point(name: str) -> None:
 
     ``DREAM_WINDOW_FAULT=<point>:kill`` kills the process with SIGKILL there;
     ``<point>:enospc`` raises ``OSError(ENOSPC)``. Points are ``before_replace:<file>``
-    and ``after_replace:<file>`` where ``<file>`` is the target's file name.
+    and ``after_replace:<file>`` where ``<file>`` is the target's file name, or a
+    ``fnmatch`` pattern of it (``before_replace:????????-????????.safetensors``: a cache
+    tensor file). ``<point>:<action>@<n>`` acts from the n-th time the point is reached
+    on (counted per process), e.g. ``before_replace:state.json:kill@5``.
     Several rules may be given, separated by commas.
     """
     spec = os.environ.get(FAULT_ENV)
     if not spec:
         return
+    if spec != _fault_hits.get("spec"):
+        _fault_hits.clear()
+        _fault_hits["spec"] = spec
     for rule in spec.split(","):
         point, _, action = rule.rpartition(":")
-        if point != name:
+        action, _, nth = action.partition("@")
+        if not fnmatch.fnmatchcase(name, point):
+            continue
+        _fault_hits[rule] = hits = _fault_hits.get(rule, 0) + 1
+        if hits < int(nth or 1):
             continue
         if action == "kill":
             os.kill(os.getpid(), signal.SIGKILL)
@@ -85,3 +98,19 @@ def atomic_link(src: str | os.PathLike, dst: str | os.PathLike) -> None:
 
         shutil.copyfile(src, tmp)
     os.replace(tmp, target)
+
+
+def remove_stale_temps(folder: str | os.PathLike) -> int:
+    """Delete the temp files an interrupted ``atomic_write`` or ``atomic_link`` left in ``folder``.
+
+    Only call it while nothing writes to ``folder`` (when a session or cache is loaded);
+    returns how many files were removed.
+    """
+    removed = 0
+    directory = Path(folder)
+    if directory.is_dir() and not directory.is_symlink():
+        for path in directory.iterdir():
+            if path.name.startswith(".") and path.name.endswith((".tmp", ".lnk")) and path.is_file():
+                path.unlink(missing_ok=True)
+                removed += 1
+    return removed

@@ -46,7 +46,7 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import save as save_safetensors
 
-from .atomic import atomic_write_bytes
+from .atomic import atomic_write_bytes, remove_stale_temps
 from .frames import encode_png
 from .images import load_image
 from .similarity import SimilarityStrategy, images_to_uint8
@@ -60,8 +60,10 @@ INDEX_FILE = Path("metadata") / "cache_index.json"
 TENSOR_DIR = "tensors"
 IMAGE_DIR = "images"
 DEFAULT_CAPACITY = 50
-_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,80}$")
+_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,80}\Z")
 _PAIRWISE_CHUNK_ELEMENTS = 1 << 22
+FOLDER_FIX = "free disk space, or remove a file or link where the folder should be"
+"""The fix named by every cache write error."""
 REDUNDANCY_TIE_TOLERANCE = 1e-6
 """Redundancies this close (relative) count as a tie: the two members of a pair get
 their similarity from different matrix products, which can differ in the last bit."""
@@ -399,7 +401,7 @@ class CacheStore:
                 (self.directory / sub).mkdir(parents=True, exist_ok=True)
         except OSError as error:
             raise CacheWriteError(
-                f"cannot create cache folder '{self.directory}': {error}"
+                f"cannot create cache folder '{self.directory}': {error}; {FOLDER_FIX}"
             ) from error
         self._load()
 
@@ -556,7 +558,7 @@ class CacheStore:
             for path in written:
                 path.unlink(missing_ok=True)
             raise CacheWriteError(
-                f"cannot write to cache folder '{self.directory}': {error}"
+                f"cannot write to cache folder '{self.directory}': {error}; {FOLDER_FIX}"
             ) from error
 
     def _remember(self, entry: CacheEntry) -> None:
@@ -653,7 +655,7 @@ class CacheStore:
             atomic_write_bytes(self.directory / INDEX_FILE, data)
         except OSError as error:
             raise CacheWriteError(
-                f"cannot write the index of cache folder '{self.directory}': {error}"
+                f"cannot write the index of cache folder '{self.directory}': {error}; {FOLDER_FIX}"
             ) from error
         self._index_dirty = False
         for cache_id in self._pending_deletes:
@@ -768,6 +770,7 @@ class CacheStore:
                 + (" ..." if len(skipped) > 5 else ""),
                 len(loaded),
             )
+        self._remove_strays()
         evicted = self._evict_to(self._capacity)
         if skipped or rebuilt or evicted:
             try:
@@ -776,6 +779,21 @@ class CacheStore:
                 logger.error(
                     "cache '%s': could not rewrite the index", self.directory, exc_info=True
                 )
+
+    def _remove_strays(self) -> None:
+        """Delete what a crash left behind: entry files the index does not list (written just
+        before a kill, never committed by an index write) and unfinished temp files."""
+        stray = [path for sub, suffix in ((TENSOR_DIR, ".safetensors"), (IMAGE_DIR, ".png"))
+                 for path in (self.directory / sub).iterdir()
+                 if path.suffix == suffix and _ID_PATTERN.match(path.stem) and path.stem not in self._entries]
+        for path in stray:
+            path.unlink(missing_ok=True)
+        skipped = {item.cache_id for item in self.skipped}  # already reported, in one message
+        unreported = sum(path.stem not in skipped for path in stray) + sum(
+            remove_stale_temps(self.directory / sub) for sub in (TENSOR_DIR, IMAGE_DIR, INDEX_FILE.parent))
+        if unreported:
+            logger.warning("cache '%s': removed %d files no index entry owns (left by an interrupted write)",
+                           self.directory, unreported)
 
     def _read_embedding(self, entry: CacheEntry) -> torch.Tensor:
         """Read and check an entry's files; raises ValueError/OSError when unusable."""

@@ -25,12 +25,13 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
-from .atomic import atomic_write_bytes, atomic_write_json
+from .atomic import atomic_write_bytes, atomic_write_json, remove_stale_temps
 
 log = logging.getLogger("dream_window")
 
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}\Z")  # \Z: "$" would accept a trailing newline
 NAME_RULE = "1-64 characters: letters, digits, '_' or '-', starting with a letter or digit"
+LATENTS_PATTERN = re.compile(r"^latents-\d{8,}\.safetensors\Z")
 RECENT_KEYFRAMES = 5
 STATES = ("idle", "running", "paused", "stopped")
 STATE_VERSION = 1
@@ -161,6 +162,7 @@ class Session:
             except BaseException:
                 (self.iteration, self.next_frame, self.prev_latent, self.recent_latents,
                  self.seeds, self.stats, self.latents_file, self.rotation, self.policy) = old
+                (self.folder / latents_file).unlink(missing_ok=True)  # not committed: leave the folder as it was
                 raise
             for stale in self.folder.glob("latents-*.safetensors"):
                 if stale.name != latents_file:
@@ -181,8 +183,19 @@ class Session:
 
     @classmethod
     def load(cls, name: str, folder: Path) -> "Session":
-        """Load a persisted session; raises ``SessionError`` naming the broken file."""
+        """Load a persisted session; raises ``SessionError`` naming the broken file.
+
+        Temp files of writes a crash interrupted are deleted (nothing writes to the folder yet).
+        """
+        for where in (folder, folder / "frames"):
+            removed = remove_stale_temps(where)
+            if removed:
+                log.warning("dream_window[%s]: removed %d unfinished temp files from %s (left by an "
+                            "interrupted write)", name, removed, where)
         state_path = folder / "state.json"
+        if state_path.is_symlink():
+            raise SessionError(f"session {name!r}: {state_path} is a link; remove it (a session's files are "
+                               f"read from its own folder only)")
         try:
             data = json.loads(state_path.read_text("utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -196,7 +209,10 @@ class Session:
         if session.state not in STATES:
             session.state = "idle"
         if session.latents_file:
-            path = folder / session.latents_file
+            path = folder / str(session.latents_file)
+            if not LATENTS_PATTERN.match(str(session.latents_file)) or path.is_symlink():
+                raise SessionError(f"session {name!r}: keyframe file {path} is not a latents file of the session "
+                                   f"folder; reset the session to start from a new keyframe")
             try:
                 tensors = load_file(str(path))
             except (OSError, SafetensorError) as exc:

@@ -33,6 +33,13 @@ POLL_INTERVAL = 0.01
 HOLD_POLL = 0.5
 
 
+def describe_error(error: dict | None) -> str:
+    """An iteration error for the log: the node id and type that failed, and the message."""
+    error = error or {}
+    node = " ".join(str(part) for part in (error.get("node_id"), error.get("node_type")) if part)
+    return f"node {node}: {error.get('message')}" if node else str(error.get("message"))
+
+
 class LoopBackend(Protocol):
     """What the supervisor needs from the server; the adapter implements it for ComfyUI."""
 
@@ -91,7 +98,7 @@ class Supervisor:
                 self.failures = 0
                 s.state = "running" if s.settings.get("enabled", True) else "idle"
                 s.error = None
-            s.save_control()
+            self._save()
         if user_started:
             self.notify(s.summary())
         self.watching.add(prompt_id)
@@ -108,7 +115,7 @@ class Supervisor:
             if client_id:
                 s.client_id = client_id
             s.state, s.error = "running", None
-            s.save_control()
+            self._save()
         self.failures = 0
         self.notify(s.summary())
         if self.backend.session_queued(s.name):
@@ -119,9 +126,24 @@ class Supervisor:
         """Pause or stop: takes effect at the next iteration boundary."""
         with self.session.lock:
             self.session.state = state
-            self.session.save_control()
+            self._save()
         self._wake.set()
         self.notify(self.session.summary())
+
+    def _save(self) -> None:
+        """Persist the control state; a failed write is logged, never fatal.
+
+        The watcher and the control routes must go on (retry, pause) when ``state.json``
+        cannot be written (a full disk, a broken folder, a workflow holding NaN, which JSON
+        cannot store): the state in memory is current, the file keeps the last one written.
+        """
+        try:
+            self.session.save_control()
+        except (OSError, ValueError) as exc:
+            fix = ("free disk space or make the folder writable" if isinstance(exc, OSError)
+                   else "the workflow holds NaN or infinity in an input: fix that input")
+            log.error("dream_window[%s]: cannot save %s (%s); going on with the state in memory: %s",
+                      self.session.name, self.session.folder / "state.json", exc, fix)
 
     # -- the watcher --
     def _ensure_task(self) -> None:
@@ -168,18 +190,20 @@ class Supervisor:
             self.failures += 1
             with s.lock:
                 s.error = dict(error or {}, retries=self.failures - 1, at=time.time())
-                s.save_control()
+                self._save()
             if not s.settings.get("enabled", True):
                 self.failures = 0
+                log.error("dream_window[%s]: iteration failed (%s); autoqueue is off, not retried",
+                          s.name, describe_error(error))
                 return
             if self.failures > MAX_RETRIES:
                 log.error("dream_window[%s]: iteration failed %d times; session paused: %s",
-                          s.name, self.failures, (error or {}).get("message"))
+                          s.name, self.failures, describe_error(error))
                 self.set_state("paused")
                 return
             delay = BACKOFF_BASE * 2 ** (self.failures - 1)
             log.warning("dream_window[%s]: iteration failed (%s); retry %d/%d in %.1f s", s.name,
-                        (error or {}).get("message"), self.failures, MAX_RETRIES, delay)
+                        describe_error(error), self.failures, MAX_RETRIES, delay)
             await asyncio.sleep(delay)
         else:
             self.failures = 0
@@ -193,7 +217,7 @@ class Supervisor:
             if s.state == "running" and limit and s.iteration >= limit:
                 log.info("dream_window[%s]: reached max_iterations=%d; stopped", s.name, limit)
                 s.state = "stopped"
-                s.save_control()
+                self._save()
                 self.notify(s.summary())
         if not settings.get("enabled", True):
             return

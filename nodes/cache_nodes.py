@@ -10,7 +10,7 @@ from ..core.similarity import STRATEGY_NAMES
 from . import comfy_adapter as comfy
 from .caches import CACHES, NODE, CacheHandle, image_encoder
 from .comfy_adapter import io
-from .common import CATEGORY, CacheType, fail, session_input
+from .common import CATEGORY, CacheType, fail, session_input, widget_error
 from .runtime import RUNTIME
 
 
@@ -66,6 +66,9 @@ class DreamWindowCache(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, cache_name=None, tuning=None, **kwargs):
+        error = widget_error(cls, kwargs)
+        if error:
+            return error
         if cache_name:
             try:
                 validate_name(cache_name, "cache name")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ..core.aesthetic import AestheticLoop
 from ..core.cache_store import CacheStore
-from ..core.session import validate_name
+from ..core.session import SessionError, validate_name
 from ..core.similarity import StrategyUnavailableError, get_strategy, load_open_clip
 from . import comfy_adapter as comfy
 from .common import fail
@@ -49,7 +49,12 @@ class CacheRegistry:
 
     @staticmethod
     def folder(name: str) -> Path:
-        return Path(comfy.output_directory()) / "dream_window_cache" / validate_name(name, "cache name")
+        """The cache's folder, refusing names and planted links that leave ``output/dream_window_cache``."""
+        root = Path(comfy.output_directory()) / "dream_window_cache"
+        folder = root / validate_name(name, "cache name")
+        if folder.is_symlink() or (folder.exists() and folder.resolve().parent != root.resolve()):
+            raise SessionError(f"cache folder {folder} is a link or leaves {root}; remove it")
+        return folder
 
     def loop(self, handle: CacheHandle, encoder=None) -> AestheticLoop:
         """The session's aesthetic loop for this cache configuration (rebuilt when it changes)."""

@@ -29,8 +29,8 @@ except ImportError:  # pragma: no cover
 log = logging.getLogger("dream_window")
 
 __all__ = ["ComfyExtension", "io", "ui", "schema", "ComfyBackend", "server", "output_directory",
-           "input_directory", "executing_prompt_id", "current_client_id", "run_on_server_loop",
-           "intermediate_device", "send_event", "routes", "model_path", "models_folders",
+           "input_directory", "executing_prompt_id", "executing_node_id", "current_client_id",
+           "run_on_server_loop", "intermediate_device", "send_event", "routes", "model_path", "models_folders",
            "torch_device"]
 
 _SCHEMA_FIELDS = set(inspect.signature(io.Schema).parameters)
@@ -77,6 +77,12 @@ def intermediate_device():
 def executing_prompt_id() -> str | None:
     context = get_executing_context()
     return context.prompt_id if context is not None else None
+
+
+def executing_node_id() -> str | None:
+    """The id of the node executing on this thread (for log lines), or None outside a node."""
+    context = get_executing_context()
+    return context.node_id if context is not None else None
 
 
 def current_client_id() -> str | None:

@@ -19,7 +19,7 @@ from ..core.session import SessionError, validate_name
 from . import comfy_adapter as comfy
 from .caches import CACHES
 from .comfy_adapter import io
-from .common import CATEGORY, CacheType, SessionType, fail, session_input
+from .common import CATEGORY, CacheType, SessionType, fail, log_prefix, session_input, widget_error
 from .runtime import RUNTIME, SessionHandle
 
 log = logging.getLogger("dream_window")
@@ -55,9 +55,10 @@ class DreamWindowSession(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, name, fps=3.5, min_buffer_seconds=10.0):
-        if not (math.isfinite(fps) and fps > 0 and math.isfinite(min_buffer_seconds) and min_buffer_seconds >= 0):
-            return "DreamWindowSession: fps must be > 0 and min_buffer_seconds >= 0 (finite numbers)"
+    def validate_inputs(cls, name=None, **kwargs):
+        error = widget_error(cls, {"name": name, **kwargs})
+        if error:
+            return error
         try:
             validate_name(name)
         except SessionError as exc:
@@ -131,6 +132,10 @@ class DreamWindowKeyframeSource(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, **kwargs):
+        return widget_error(cls, kwargs) or True
+
+    @classmethod
     def fingerprint_inputs(cls, **kwargs):
         return float("nan")
 
@@ -187,7 +192,7 @@ class DreamWindowKeyframeSource(io.ComfyNode):
                                      "hybrid mode for a while, or give a seed_folder and a VAE")
                 plan["walk"] = target
             elif loop is not None and cache.injection:
-                latent = cls._inject(loop, plan, iteration + 1, latent, seeds, vae, width, height)
+                latent = cls._inject(session.name, loop, plan, iteration + 1, latent, seeds, vae, width, height)
         RUNTIME.mark(session.name, "source_done")
         return io.NodeOutput({"samples": latent.to(comfy.intermediate_device())}, denoise, seed)
 
@@ -208,7 +213,7 @@ class DreamWindowKeyframeSource(io.ComfyNode):
         return vae.encode(seed_images.fit_image(image[:1], width, height)).to("cpu", torch.float32)
 
     @classmethod
-    def _inject(cls, loop, plan, keyframe, current, seeds, vae, width, height) -> torch.Tensor:
+    def _inject(cls, name, loop, plan, keyframe, current, seeds, vae, width, height) -> torch.Tensor:
         """Apply the policy's decision: a cache or seed blend replaces the sampler's input."""
         decision = loop.decide(keyframe, len(seeds) if vae is not None else 0)
         record = decision.to_dict()
@@ -221,7 +226,8 @@ class DreamWindowKeyframeSource(io.ComfyNode):
                                    width, height)
                 blended = loop.seed_latent(seed, current)
         except (LookupError, OSError, ValueError) as exc:
-            log.warning("dream_window: injection for keyframe %d skipped: %s", keyframe, exc)
+            log.warning("%s: injection for keyframe %d skipped: %s", log_prefix(name, "DreamWindowKeyframeSource"),
+                        keyframe, exc)
             record.update(action=ACTION_NONE, reason=f"{record['reason']}; skipped: {exc}")
         plan.update(decision=record, injected=record["action"] != ACTION_NONE)
         return blended
@@ -243,13 +249,18 @@ class DreamWindowKeyframeSource(io.ComfyNode):
             return []
         node = "DreamWindowKeyframeSource"
         root = Path(comfy.input_directory()).resolve()
-        folder = (root / seed_folder).resolve()
-        if root not in folder.parents and folder != root:
-            raise fail(node, f"seed_folder {seed_folder!r} leaves ComfyUI's input folder; give a folder inside {root}")
+        shown = repr(seed_folder) if len(seed_folder) <= 80 else repr(seed_folder[:77]) + "..."
         try:
+            folder = (root / seed_folder).resolve()
+            if root not in folder.parents and folder != root:
+                raise fail(node, f"seed_folder {shown} leaves ComfyUI's input folder; give a folder inside {root}")
             return seed_images.seed_files(folder)
         except FileNotFoundError as exc:
             raise fail(node, f"{exc}; put seed images there or clear seed_folder") from exc
+        except (OSError, ValueError) as exc:  # a NUL byte, a name too long for the filesystem
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise fail(node, f"seed_folder {shown} is not a usable folder name ({reason}); give a folder inside "
+                             f"{root} or clear seed_folder") from exc
 
 
 class DreamWindowInterpolate(io.ComfyNode):
@@ -280,6 +291,10 @@ class DreamWindowInterpolate(io.ComfyNode):
                                       tooltip="In-between frames then the new keyframe, as one batch. The first "
                                               "iteration has no previous keyframe and emits the keyframe only.")],
         )
+
+    @classmethod
+    def validate_inputs(cls, **kwargs):
+        return widget_error(cls, kwargs) or True
 
     @classmethod
     def fingerprint_inputs(cls, **kwargs):
@@ -355,6 +370,10 @@ class DreamWindowCommit(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, **kwargs):
+        return widget_error(cls, kwargs) or True
+
+    @classmethod
     def fingerprint_inputs(cls, **kwargs):
         return float("nan")
 
@@ -369,6 +388,7 @@ class DreamWindowCommit(io.ComfyNode):
                              f"Interpolate node's output and wire both here")
         state = RUNTIME.session(session.name)
         writer = RUNTIME.writer(state, retention)
+        cls._check_frames_folder(writer.folder)
         if writer.error is not None:
             error, writer.error = writer.error, None
             raise fail(node, f"cannot write frames to {writer.folder}: {error}; free disk space or make the "
@@ -403,6 +423,10 @@ class DreamWindowCommit(io.ComfyNode):
             except OSError as exc:
                 raise fail(node, f"cannot save the session state in {state.folder}: {exc}; free disk space "
                                  f"or make the folder writable, then start the session again") from exc
+            except ValueError as exc:  # JSON refuses NaN: a node input of the stored workflow holds one
+                raise fail(node, f"cannot save the session state in {state.folder}: {exc}; the workflow holds "
+                                 f"NaN or infinity in an input: fix that input, then start the session "
+                                 f"again") from exc
         shown = writer.last_written
         writer.submit(first, to_uint8(images))
         ui = None
@@ -410,6 +434,20 @@ class DreamWindowCommit(io.ComfyNode):
             subfolder = f"dream_window/{session.name}/frames"
             ui = {"images": [{"filename": frame_name(shown), "subfolder": subfolder, "type": "output"}]}
         return io.NodeOutput(session, ui=ui)
+
+    @staticmethod
+    def _check_frames_folder(folder: Path) -> None:
+        """Refuse, before anything is committed, a frames folder that cannot take the frames."""
+        node = "DreamWindowCommit"
+        if folder.is_symlink():
+            raise fail(node, f"{folder} is a link; frames are only written inside the session folder: remove "
+                             f"the link, then start the session again")
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            fix = ("it is a file, not a folder: remove or rename that file" if folder.exists()
+                   else "free disk space or make the folder writable")
+            raise fail(node, f"cannot write frames to {folder}: {exc}; {fix}, then start the session again") from exc
 
     @staticmethod
     def _offer_to_cache(loop, name, keyframe, batch, images, plan) -> None:
@@ -423,7 +461,8 @@ class DreamWindowCommit(io.ComfyNode):
         except EmbeddingMismatchError as exc:
             raise fail("DreamWindowCommit", str(exc)) from exc
         if record.get("cache_error"):
-            log.warning("dream_window[%s]: keyframe %d not cached: %s", name, keyframe, record["cache_error"])
+            log.warning("%s: keyframe %d not cached, the loop goes on without caching: %s",
+                        log_prefix(name, "DreamWindowCommit"), keyframe, record["cache_error"])
         RUNTIME.cache_stats[name] = loop.stats()
 
 
@@ -454,6 +493,10 @@ class DreamWindowAutoQueue(io.ComfyNode):
             ],
             outputs=[],
         )
+
+    @classmethod
+    def validate_inputs(cls, **kwargs):
+        return widget_error(cls, kwargs) or True
 
     @classmethod
     def fingerprint_inputs(cls, **kwargs):

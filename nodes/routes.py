@@ -43,7 +43,7 @@ async def _session_from_body(request: web.Request):
     if request.content_type != "application/json":
         return None, _error(415, f"{request.path}: send a JSON body with Content-Type: application/json")
     if request.content_length is not None and request.content_length > MAX_BODY:
-        return None, _error(413, f"{request.path}: body too large")
+        return None, _error(413, f"{request.path}: body too large; send at most {MAX_BODY} bytes of JSON")
     try:
         body = json.loads(await request.read())
     except (UnicodeDecodeError, json.JSONDecodeError):
@@ -54,7 +54,11 @@ async def _session_from_body(request: web.Request):
         name = validate_name(body["session"])
     except SessionError as exc:
         return None, _error(400, f"{request.path}: {exc}")
-    if not RUNTIME.registry.exists(name):
+    try:
+        known = RUNTIME.registry.exists(name)
+    except SessionError as exc:  # a planted link or a file where the session folder should be
+        return None, _error(409, f"{request.path}: {exc}")
+    if not known:
         return None, _error(404, f"{request.path}: unknown session {name!r}; queue a workflow with a "
                                  f"DreamWindowSession named {name!r} first (GET /dream_window/sessions lists them)")
     return name, body
@@ -83,6 +87,9 @@ async def control(request: web.Request) -> web.Response:
         client_id = body.get("client_id")
         if client_id is not None and not isinstance(client_id, str):
             return _error(400, f"{request.path}: client_id must be a string")
+        writer = RUNTIME.writers.get(name)
+        if writer is not None:
+            writer.error = None  # a frame write error was reported; starting again is the fix the error names
         try:
             result["prompt_id"] = await sup.start(client_id)
         except LookupError as exc:
@@ -124,7 +131,8 @@ async def sessions(request: web.Request) -> web.Response:
             entry = RUNTIME.session(name).summary()
         except (SessionError, KeyError) as exc:
             entry = {"session": name, "state": "broken", "last_error": {"message": str(exc)}}
-        entry["disk_bytes"] = _disk_bytes(RUNTIME.registry.root / name)
+        folder = RUNTIME.registry.root / name
+        entry["disk_bytes"] = 0 if folder.is_symlink() else _disk_bytes(folder)
         listed.append(entry)
     return web.json_response({"sessions": listed})
 
@@ -135,8 +143,15 @@ def _session_from_path(request: web.Request) -> tuple[str | None, web.Response |
         name = validate_name(raw)
     except SessionError as exc:
         return None, _error(400, f"{request.path}: {exc}")
-    if not RUNTIME.registry.exists(name):
-        return None, _error(404, f"{request.path}: unknown session {name!r}")
+    try:
+        known = RUNTIME.registry.exists(name)
+        if known:
+            RUNTIME.session(name)  # loaded here, so a broken or linked state.json is refused, not a 500
+    except SessionError as exc:  # a planted link, a file where the session folder should be, a broken state
+        return None, _error(409, f"{request.path}: {exc}")
+    if not known:
+        return None, _error(404, f"{request.path}: unknown session {name!r}; GET /dream_window/sessions lists "
+                                 f"the sessions")
     return name, None
 
 
@@ -172,7 +187,11 @@ async def frame(request: web.Request) -> web.Response:
         if latest is None:
             return _error(404, f"{request.path}: no frame has been played yet (buffering)")
         index = latest.index
-    path = RUNTIME.session(name).frames_dir / frame_name(index)
+    folder = RUNTIME.session(name).frames_dir
+    if folder.is_symlink():
+        return _error(409, f"{request.path}: {folder} is a link; remove it (frames are served from the session "
+                           f"folder only)")
+    path = folder / frame_name(index)
     try:
         data = await asyncio.get_running_loop().run_in_executor(None, path.read_bytes)
     except FileNotFoundError:
@@ -283,6 +302,9 @@ async def _export(request: web.Request, name: str, body: dict) -> web.Response:
     if fmt not in FORMATS:
         return _error(400, f"{request.path}: format must be one of {', '.join(FORMATS)}")
     folder = RUNTIME.session(name).frames_dir
+    if folder.is_symlink():
+        return _error(409, f"{request.path}: {folder} is a link; remove it (frames are exported from the session "
+                           f"folder only)")
     paths = sorted(p for p in folder.glob("frame_*.png") if FRAME_RE.match(p.name)
                    and (first is None or int(p.name[6:14]) >= first) and (last is None or int(p.name[6:14]) <= last))
     try:
