@@ -8,6 +8,7 @@ import json
 import pytest
 import torch
 
+from asyncrun import run_isolated
 from core import atomic
 from core.cache_store import CacheStore
 from core.session import SessionError, SessionRegistry
@@ -117,7 +118,7 @@ def test_the_supervisor_retries_and_pauses_when_state_json_cannot_be_written(tmp
                 return
             await asyncio.sleep(0.001)
 
-    asyncio.run(run())
+    run_isolated(run())
     assert session.state == "paused" and len(backend.queued) == 4 and session.error["retries"] == 3
     assert (session.folder / "state.json").read_bytes() == on_disk
     messages = [r.getMessage() for r in caplog.records]

@@ -1,7 +1,6 @@
 """The re-queue supervisor against a fake server backend (pure asyncio, no ComfyUI)."""
 
 import asyncio
-import concurrent.futures
 
 import pytest
 import torch
@@ -9,6 +8,7 @@ import torch
 from core import supervisor as sup_mod
 from core.session import SessionRegistry
 from core.supervisor import Supervisor
+from asyncrun import run_isolated as run
 
 PROMPT = {"4": {"class_type": "DreamWindowSession", "inputs": {"name": "s"}, "is_changed": [1.0]}}
 
@@ -63,13 +63,6 @@ async def settle(cond, timeout=2.0):
             return
         await asyncio.sleep(0.002)
     raise AssertionError("condition not reached")
-
-
-def run(coro):
-    """Run on a fresh loop in its own thread: another test's library (Playwright's sync API) may
-    keep an event loop running in the main thread."""
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        return pool.submit(asyncio.run, coro).result()
 
 
 def test_success_requeues_stripped_prompt_with_client_id(tmp_path):
