@@ -42,10 +42,16 @@ async def _session_from_body(request: web.Request):
     """(session name, body) from a JSON control request, or an error response."""
     if request.content_type != "application/json":
         return None, _error(415, f"{request.path}: send a JSON body with Content-Type: application/json")
+    too_large = _error(413, f"{request.path}: body too large; send at most {MAX_BODY} bytes of JSON")
     if request.content_length is not None and request.content_length > MAX_BODY:
-        return None, _error(413, f"{request.path}: body too large; send at most {MAX_BODY} bytes of JSON")
+        return None, too_large
+    raw = bytearray()
+    async for chunk in request.content.iter_chunked(16384):  # a chunked body has no length up front
+        raw += chunk
+        if len(raw) > MAX_BODY:
+            return None, too_large
     try:
-        body = json.loads(await request.read())
+        body = json.loads(bytes(raw))
     except (UnicodeDecodeError, json.JSONDecodeError):
         return None, _error(400, f'{request.path}: the body is not valid JSON; send {{"session": "<name>"}}')
     if not isinstance(body, dict) or "session" not in body:

@@ -264,7 +264,7 @@ class RouteRow:
     path: str
     status: int
     words: tuple[str, ...]
-    body: bytes | None = None
+    body: bytes | tuple[bytes, ...] | None = None  # a tuple goes out chunked, without a length
     headers: dict = field(default_factory=lambda: {"Content-Type": "application/json"})
 
 
@@ -285,6 +285,9 @@ ROUTE_ROWS = [
              ("/dream_window/delete", '{"session": "<name>"}'), body({"name": S})),
     RouteRow("resume-huge-body", "POST", "/dream_window/resume", 413,
              ("/dream_window/resume", "body too large", "at most 65536 bytes"), body({"session": S, "pad": LONG * 7})),
+    RouteRow("resume-huge-chunked-body", "POST", "/dream_window/resume", 413,
+             ("/dream_window/resume", "body too large", "at most 65536 bytes"),
+             (body({"session": S, "pad": LONG})[:-1],) + (b" " * 16384,) * 4 + (b"}",)),
     RouteRow("start-client-id-wrong-type", "POST", "/dream_window/start", 400,
              ("/dream_window/start", "client_id must be a string"), body({"session": S, "client_id": 5})),
     RouteRow("export-fps-nan", "POST", "/dream_window/export", 400,
