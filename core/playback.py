@@ -129,22 +129,9 @@ class Player:
         first frame received defines it. ``clock`` returns seconds on a
         monotonic scale and is used when ``tick``/``metrics`` get no ``now``.
         """
-        if not fps > 0:
-            raise ValueError(f"fps must be positive, got {fps}.")
-        if target_seconds < 0:
-            raise ValueError(f"target_seconds must be >= 0 (0 disables throttling), got {target_seconds}.")
-        if min_buffer_seconds < 0:
-            raise ValueError(f"min_buffer_seconds must be >= 0, got {min_buffer_seconds}.")
         if keep_played < 1:
             raise ValueError(f"keep_played must be at least 1, got {keep_played}.")
-        self.fps = float(fps)
-        self.interval = 1.0 / self.fps
-        self.target_seconds = float(target_seconds)
-        self.target_frames = round(self.target_seconds * self.fps)
-        start_frames = max(1, math.ceil(min_buffer_seconds * self.fps - 1e-9))
-        if self.target_seconds > 0:
-            start_frames = min(start_frames, max(1, math.ceil(self.target_seconds * self.fps - 1e-9)))
-        self.start_frames = start_frames
+        self._apply(fps, target_seconds, min_buffer_seconds)
         self._clock = clock
         self._lock = threading.Lock()
         self._pending: dict[int, Frame] = {}
@@ -159,6 +146,32 @@ class Player:
         self._paused = False
         self._stalled = False
         self._frames_played = 0
+
+    def _apply(self, fps: float, target_seconds: float, min_buffer_seconds: float) -> None:
+        """Validate and set the pacing settings."""
+        if not fps > 0:
+            raise ValueError(f"fps must be positive, got {fps}.")
+        if target_seconds < 0:
+            raise ValueError(f"target_seconds must be >= 0 (0 disables throttling), got {target_seconds}.")
+        if min_buffer_seconds < 0:
+            raise ValueError(f"min_buffer_seconds must be >= 0, got {min_buffer_seconds}.")
+        self.fps = float(fps)
+        self.interval = 1.0 / self.fps
+        self.target_seconds = float(target_seconds)
+        self.target_frames = round(self.target_seconds * self.fps)
+        start_frames = max(1, math.ceil(min_buffer_seconds * self.fps - 1e-9))
+        if self.target_seconds > 0:
+            start_frames = min(start_frames, max(1, math.ceil(self.target_seconds * self.fps - 1e-9)))
+        self.start_frames = start_frames
+
+    def configure(self, fps: float, target_seconds: float, min_buffer_seconds: float) -> None:
+        """Change the pacing settings in place: the buffer, the frames shown and the play pointer
+        stay; a running playback keeps the next frame's due time."""
+        with self._lock:
+            due = self._due_time() if self._started else None
+            self._apply(fps, target_seconds, min_buffer_seconds)
+            if due is not None:
+                self._anchor_time, self._anchor_index = due, self._next
 
     def add_frame(self, index: int, path: PathType) -> None:
         """Receive one ready frame; see ``add_frames``."""
@@ -264,11 +277,6 @@ class Player:
         """Resume after ``pause``; a pause longer than one interval re-anchors the clock."""
         with self._lock:
             self._paused = False
-
-    def pending_frames(self) -> list[tuple[int, str]]:
-        """The received, not yet played frames as ``(index, path)`` pairs, in index order."""
-        with self._lock:
-            return [(i, self._pending[i].path) for i in sorted(self._pending)]
 
     def latest(self) -> Frame | None:
         """Return the frame shown most recently, or None if none was shown yet."""

@@ -53,14 +53,10 @@ class Publisher:
         self._thread.start()
 
     def configure(self, fps: float, target_seconds: float, min_buffer_seconds: float) -> None:
-        """Apply new playback settings; frames already buffered carry over."""
-        if (fps, target_seconds, min_buffer_seconds) == self.settings:
-            return
-        old = self.player
-        player = Player(fps=fps, target_seconds=target_seconds, min_buffer_seconds=min_buffer_seconds,
-                        start_index=old.metrics().next_index)
-        player.add_frames(old.pending_frames())
-        self.player, self.settings = player, (fps, target_seconds, min_buffer_seconds)
+        """Apply new playback settings; the buffer and the frames shown carry over."""
+        if (fps, target_seconds, min_buffer_seconds) != self.settings:
+            self.player.configure(fps, target_seconds, min_buffer_seconds)
+            self.settings = (fps, target_seconds, min_buffer_seconds)
 
     def frames_written(self, frames: list[tuple[int, str]]) -> None:
         """Frames are on disk (called by the frame writer's thread)."""

@@ -299,3 +299,19 @@ def test_forget_before_jumps_over_deleted_frames():
     player.add_frames(frames(11, 12))
     player.forget_before(20)
     assert player.metrics().frames_pending == 0 and player.metrics().next_index == 20
+
+
+def test_new_settings_keep_the_buffer_the_frame_shown_and_the_next_due_time():
+    player = Player(min_buffer_seconds=0.0, target_seconds=10.0)
+    player.add_frames(frames(0, 20))
+    assert player.tick(T0).index == 0
+    assert player.tick(due(1)).index == 1
+    player.configure(fps=7.0, target_seconds=2.0, min_buffer_seconds=0.0)
+    assert player.latest().index == 1, "the frame on screen survives a settings change"
+    assert player.metrics(due(1)).frames_ready == 18
+    assert player.next_due() == pytest.approx(due(2)), "the frame already due keeps its time"
+    assert player.tick(due(2)).index == 2
+    assert player.tick(due(2) + 1 / 7.0).index == 3, "then the new rate paces playback"
+    assert player.should_hold_next_iteration(), "the new, smaller target applies"
+    with pytest.raises(ValueError, match="fps must be positive"):
+        player.configure(fps=0.0, target_seconds=2.0, min_buffer_seconds=0.0)
