@@ -7,17 +7,17 @@ frames now exist and which are gone.
 
 from __future__ import annotations
 
-import io
 import logging
 import queue
 import re
+import struct
 import threading
+import zlib
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
-from PIL import Image
 
 from .atomic import atomic_write_bytes
 
@@ -31,14 +31,38 @@ def frame_name(index: int) -> str:
 
 
 def to_uint8(images) -> np.ndarray:
-    """ComfyUI IMAGE ``[B, H, W, C]`` floats in 0..1 → uint8 numpy (rounded, clamped)."""
-    return images.detach().to("cpu", torch.float32).clamp(0.0, 1.0).mul(255.0).round().to(torch.uint8).numpy()
+    """ComfyUI IMAGE ``[B, H, W, C]`` floats in 0..1 → uint8 numpy (rounded, clamped).
+
+    One temporary, rounded and clamped in place: several times faster than a chain of
+    out-of-place ops on a batch of frames, with the same result."""
+    scaled = images.detach().to("cpu", torch.float32).mul(255.0)
+    return scaled.clamp_(0.0, 255.0).round_().to(torch.uint8).numpy()
 
 
-def encode_png(frame: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(frame).save(buf, format="PNG", compress_level=1)
-    return buf.getvalue()
+PNG_COLOR_TYPES = {1: 0, 3: 2, 4: 6}
+"""Channels → PNG colour type (grey, RGB, RGBA)."""
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def encode_png(frame: np.ndarray, level: int = 1) -> bytes:
+    """uint8 ``[H, W, C]`` → PNG bytes: each row stored with PNG's "Up" filter (numpy), then
+    deflated by ``zlib.compress`` at ``level``.
+
+    About twice as fast as Pillow's encoder at ``compress_level=1`` for the same file size on
+    dream frames (``bench/frame_encode.py``): less CPU taken from the sampler per frame written.
+    """
+    height, width, channels = frame.shape
+    rows = np.ascontiguousarray(frame, dtype=np.uint8).reshape(height, width * channels)
+    filtered = np.empty((height, width * channels + 1), np.uint8)
+    filtered[:, 0] = 2
+    filtered[0, 1:] = rows[0]
+    np.subtract(rows[1:], rows[:-1], out=filtered[1:, 1:])
+    header = struct.pack(">IIBBBBB", width, height, 8, PNG_COLOR_TYPES[channels], 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header)
+            + _png_chunk(b"IDAT", zlib.compress(filtered.tobytes(), level)) + _png_chunk(b"IEND", b""))
 
 
 class FrameWriter:
