@@ -2,7 +2,8 @@
 # Rehearses the GPU run here, on the CPU: a throw-away Python 3.11 venv that holds only the packages
 # the GPU machine lists (linked from the harness venv: no ComfyUI requirement beyond those, no
 # frontend package), then the exact device command with the carried wheels and
-# `bash bench/gpu_suite.sh --cpu-dry-run`. Needs bash bench/prepare_gpu.sh first.
+# `bash bench/gpu_suite.sh --cpu-dry-run [BENCHMARK...]` (arguments pass through). Needs bash
+# bench/prepare_gpu.sh first.
 # Not emulated: Python 3.12 (3.11 here; the carried wheels are the same files), torch 2.11 + CUDA
 # and transformers 5.17 (the harness venv's versions are used), the GPU itself, torchaudio (absent
 # here; ComfyUI only warns), and packages the GPU machine has that the harness venv lacks; httpx2,
@@ -78,4 +79,4 @@ site=$emu/site
 echo "python3 is $(command -v python3)"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" .whl/*.whl
 export PYTHONPATH=$site
-OUT=${OUT:-$repo/bench/results/gpu-dry-run} bash bench/gpu_suite.sh --cpu-dry-run
+OUT=${OUT:-$repo/bench/results/gpu-dry-run} bash bench/gpu_suite.sh --cpu-dry-run "$@"

@@ -5,7 +5,9 @@
 The bundled dream workflow (throttling off) runs ``--warmup + --iterations`` keyframes by
 itself, once with its Dream Window CUDA Graph node disabled and once enabled; frames produced per second are taken over the iterations after
 the warm-up, from the server-side prompt timings. The node's counters (captures, replays,
-fallbacks) are read from the server log. Results: bench/results/loop_fps.json.
+fallbacks) are read from the server log. A last pass (``--node-iterations``, CUDA graph on)
+times each node with the device synchronised around it, to show where an iteration's time goes
+(and how much of it is ComfyUI's own work between nodes). Results: bench/results/loop_fps.json.
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ from pathlib import Path
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
 
-from common import output_arg, positive_int, print_table, ratio, write_results, machine_info, frame_size  # noqa: E402
-from serverlib import add_server_args, check_server_args, dream_workflow, node_id, open_server, run_dream  # noqa: E402
+from common import fmt, frame_size, machine_info, median, output_arg, positive_int, print_table, ratio, write_results  # noqa: E402
+from serverlib import (add_server_args, check_server_args, dream_workflow, node_id, node_stats, open_server,  # noqa: E402
+                       run_dream, set_node_timing)
 
 COUNTERS = re.compile(r"DreamWindowCudaGraph.*?(\d+) captures, (\d+) replays, (\d+) fallbacks")
 
@@ -31,6 +34,8 @@ def main() -> int:
     parser.add_argument("--frames", type=positive_int, default=10, help="interpolated frames per keyframe (10)")
     parser.add_argument("--warmup", type=positive_int, default=3)
     parser.add_argument("--iterations", type=positive_int, default=20)
+    parser.add_argument("--node-iterations", type=positive_int, default=5,
+                        help="iterations of the per-node timing pass, CUDA graph on (5)")
     output_arg(parser, "loop_fps")
     args = parser.parse_args()
     check_server_args(parser, args)
@@ -48,12 +53,29 @@ def main() -> int:
             rows.append([label, f"{fps:.1f}", f"{1000 * seconds / args.iterations:.1f}"])
         counters = COUNTERS.findall(server.log_tail(2_000_000))
         results["cuda_graph_counters"] = [list(map(int, c)) for c in counters[-1:]]
+        wf = dream_workflow(args.checkpoint, size, args.steps, args.frames, "fps_nodes", 1 + args.node_iterations)
+        wf[node_id(wf, "DreamWindowCudaGraph")]["inputs"]["enabled"] = True
+        set_node_timing(server, True)
+        try:
+            timed = run_dream(server, wf, 1, args.node_iterations, 900)
+        finally:
+            set_node_timing(server, False)
+    nodes = node_stats(timed)
+    executing = median((r["end"] - r["start"]) * 1e3 for r in timed)
+    in_nodes = median(sum(n["ms"] for n in r["nodes"] if not n["cached"]) for r in timed)
+    results["nodes"] = {**nodes, "executing_ms": executing, "in_nodes_ms": in_nodes}
     speedup = ratio(results["cuda graph"]["fps"], results["eager"]["fps"])
     results["speedup"] = speedup
     print_table(f"loop frames per second, {size[0]}x{size[1]}, {args.steps} steps, N={args.frames}, "
                 f"{args.iterations} iterations after {args.warmup} warm-up", ["loop", "fps", "ms/iteration"], rows)
     print(f"cuda graph / eager: {speedup:.2f}x; node counters (captures, replays, fallbacks): "
           f"{results['cuda_graph_counters'] or 'none logged'}")
+    print_table(f"where an iteration goes, CUDA graph on ({args.node_iterations} iterations, medians, device "
+                f"synchronised around each node)", ["part", "ms"],
+                [[c, fmt(ms)] for c, ms in nodes["per_class_ms"].items()]
+                + [["pack nodes", fmt(nodes["pack_ms"])], ["all nodes", fmt(in_nodes)],
+                   ["ComfyUI between nodes", fmt(executing - in_nodes)],
+                   ["prompt executing", fmt(executing)]])
     write_results(args.output, results)
     return 0
 
