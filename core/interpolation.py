@@ -50,9 +50,8 @@ def frame_times(count: int, easing: str = "linear") -> torch.Tensor:
 def lerp_batch(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     """``(1 - t) a + t b`` for every t at once; returns ``[len(t), *a.shape]``."""
     _check_pair(a, b)
-    tt = t.to(torch.float64).view(-1, *([1] * a.dim()))
-    out = (1.0 - tt) * a.to(torch.float64).unsqueeze(0) + tt * b.to(torch.float64).unsqueeze(0)
-    return out.to(a.dtype)
+    tt = t.to(device=a.device, dtype=torch.float64)
+    return _weighted_pair(1.0 - tt, a.reshape(-1).to(torch.float64), tt, b.reshape(-1).to(torch.float64), a)
 
 
 def slerp_batch(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -67,18 +66,28 @@ def slerp_batch(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tens
     na, nb = va.norm(), vb.norm()
     if na * nb == 0:
         return lerp_batch(a, b, t)
-    ua, ub = va / (na + EPS), vb / (nb + EPS)
     # The angle comes from the exact cosine so that ε cannot hide an (anti)parallel pair.
     omega = torch.acos(torch.clamp(torch.dot(va, vb) / (na * nb), -1.0, 1.0))
     sin_omega = torch.sin(omega)
     if sin_omega.abs() < SIN_FALLBACK:
         return lerp_batch(a, b, t)
-    tt = t.to(device=va.device, dtype=torch.float64).view(-1, 1)
-    wa = torch.sin((1.0 - tt) * omega) / sin_omega
-    wb = torch.sin(tt * omega) / sin_omega
+    tt = t.to(device=va.device, dtype=torch.float64)
     magnitude = (1.0 - tt) * na + tt * nb
-    out = (wa * ua + wb * ub) * magnitude
-    return out.reshape(len(t), *a.shape).to(a.dtype)
+    wa = torch.sin((1.0 - tt) * omega) / sin_omega * magnitude / (na + EPS)
+    wb = torch.sin(tt * omega) / sin_omega * magnitude / (nb + EPS)
+    return _weighted_pair(wa, va, wb, vb, a)
+
+
+def _weighted_pair(wa: torch.Tensor, va: torch.Tensor, wb: torch.Tensor, vb: torch.Tensor,
+                   like: torch.Tensor) -> torch.Tensor:
+    """``wa[i] va + wb[i] vb`` for every i, shaped ``[len(wa), *like.shape]`` in ``like``'s dtype.
+
+    Two outer products into one buffer: one float64 batch and one conversion, instead of a
+    batch-sized temporary per operation of the textbook expression.
+    """
+    out = torch.outer(wa, va)
+    out.addr_(wb, vb)
+    return out.reshape(len(wa), *like.shape).to(like.dtype)
 
 
 def interpolate(a: torch.Tensor, b: torch.Tensor, count: int, method: str = "slerp",
