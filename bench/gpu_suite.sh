@@ -3,13 +3,14 @@
 # bench/interp_path.py, loop_overhead.py, vs_controller.py and memory.py at the original's settings
 # (512x256, 10 steps, cfg 6, euler/karras, denoise 0.2, N = 10 and 32; interp_path also N = 64) with
 # the full SD1.5 architecture (random fp16 weights made at run time by harness/make_tiny_models.py
-# full_sd15 with ComfyUI's own classes), bench/frame_encode.py, bench/loop_fps.py (CUDA graph off
+# full_sd15 with ComfyUI's own classes), bench/frame_encode.py, cpu_ops.py, loop_fps.py (CUDA graph off
 # and on, and where an iteration's time goes), then bench/cuda_graph_bench.py --comfy <tree>.
 # Every result goes to $OUT (suite.log, one JSON per benchmark).
 #
 #   bash bench/gpu_suite.sh [--cpu-dry-run] [BENCHMARK...]
 # BENCHMARK names limit the run to those (interp_path loop_overhead vs_controller memory
-# frame_encode loop_fps cuda_graph); the environment and the models always come first.
+# frame_encode cpu_ops loop_fps cuda_graph); the environment and the models always come first.
+# LOOP_PROFILE=<node class> runs that node under cProfile in loop_fps's per-node pass.
 #
 # Prepare here first: bash bench/prepare_gpu.sh (wheels in .whl/, stripped ComfyUI in .gpu/ComfyUI).
 # Device-tool call: carry [".whl", ".gpu"], timeout_s 600, command:
@@ -21,7 +22,7 @@ set -uo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo"
 mode=gpu
-ALL=(interp_path loop_overhead vs_controller memory frame_encode loop_fps cuda_graph)
+ALL=(interp_path loop_overhead vs_controller memory frame_encode cpu_ops loop_fps cuda_graph)
 [ "${1:-}" = --cpu-dry-run ] && { mode=cpu; shift; }
 only=("${@:-${ALL[@]}}")
 for name in "${only[@]}"; do
@@ -41,13 +42,14 @@ log=$out/suite.log
 if [ $mode = gpu ]; then
   # Each benchmark's defaults on CUDA / with --gpu are the original's settings.
   kinds=(full_sd15); ckpt=dream_window_full_sd15.safetensors; device=(--gpu)
-  interp=(); loop=(); vs=(); mem=(); fps=(); enc=()
+  interp=(); loop=(); vs=(); mem=(); fps=(); enc=(); ops=(--repeats 15)
 else
   kinds=(sd15); ckpt=dream_window_tiny_sd15.safetensors; device=()
   interp=(--frames 2 4 --taesd-size 64x32 --kl-size 32x16 --repeats 1)
   loop=(--frames 2 --steps 2 --rounds 1 --iterations 2 --node-iterations 1)
   vs=(--frames 2 --steps 2 --keyframes 3); mem=(--iterations 20 --warmup 5)
   fps=(--frames 2 --steps 2 --warmup 1 --iterations 2 --node-iterations 1); enc=(--rounds 1)
+  ops=(--repeats 2 --frames 2)
 fi
 server=("${device[@]}" --models "$models" --checkpoint "$ckpt" --front-end-root "$front" --python "$PY")
 failed=()
@@ -68,7 +70,9 @@ wanted loop_overhead && step loop_overhead "$PY" bench/loop_overhead.py "${serve
 wanted vs_controller && step vs_controller "$PY" bench/vs_controller.py "${server[@]}" "${vs[@]}" --output "$out/vs_controller.json"
 wanted memory && step memory "$PY" bench/memory.py "${server[@]}" "${mem[@]}" --output "$out/memory.json"
 wanted frame_encode && step frame_encode "$PY" bench/frame_encode.py "${enc[@]}" --output "$out/frame_encode.json"
-wanted loop_fps && step loop_fps "$PY" bench/loop_fps.py "${server[@]}" "${fps[@]}" --output "$out/loop_fps.json"
+wanted cpu_ops && step cpu_ops "$PY" bench/cpu_ops.py "${ops[@]}" --output "$out/cpu_ops.json"
+wanted loop_fps && step loop_fps "$PY" bench/loop_fps.py "${server[@]}" "${fps[@]}" ${LOOP_PROFILE:+--profile "$LOOP_PROFILE"} \
+  --output "$out/loop_fps.json"
 if wanted cuda_graph; then
   step cuda_graph "$PY" bench/cuda_graph_bench.py --comfy "$COMFYUI_DIR"
   for f in bench/results/cuda_graph*.json; do [ -f "$f" ] && cp "$f" "$out/"; done

@@ -36,6 +36,8 @@ def main() -> int:
     parser.add_argument("--iterations", type=positive_int, default=20)
     parser.add_argument("--node-iterations", type=positive_int, default=5,
                         help="iterations of the per-node timing pass, CUDA graph on (5)")
+    parser.add_argument("--profile", metavar="CLASS_TYPE",
+                        help="run this node class under cProfile in the per-node pass and print where it spends")
     output_arg(parser, "loop_fps")
     args = parser.parse_args()
     check_server_args(parser, args)
@@ -55,11 +57,13 @@ def main() -> int:
         results["cuda_graph_counters"] = [list(map(int, c)) for c in counters[-1:]]
         wf = dream_workflow(args.checkpoint, size, args.steps, args.frames, "fps_nodes", 1 + args.node_iterations)
         wf[node_id(wf, "DreamWindowCudaGraph")]["inputs"]["enabled"] = True
-        set_node_timing(server, True)
+        set_node_timing(server, True, args.profile)
         try:
             timed = run_dream(server, wf, 1, args.node_iterations, 900)
         finally:
             set_node_timing(server, False)
+        if args.profile:
+            results["profile"] = server.get("/dw_bench/profile")["stats"]
     nodes = node_stats(timed)
     executing = median((r["end"] - r["start"]) * 1e3 for r in timed)
     in_nodes = median(sum(n["ms"] for n in r["nodes"] if not n["cached"]) for r in timed)
@@ -76,6 +80,8 @@ def main() -> int:
                 + [["pack nodes", fmt(nodes["pack_ms"])], ["all nodes", fmt(in_nodes)],
                    ["ComfyUI between nodes", fmt(executing - in_nodes)],
                    ["prompt executing", fmt(executing)]])
+    if args.profile:
+        print(f"\n{args.profile} under cProfile (warm-up and timed iterations):\n{results['profile']}")
     write_results(args.output, results)
     return 0
 

@@ -196,9 +196,10 @@ def fetch_timings(server: ComfyServer) -> list[dict]:
     return sorted(server.get("/dw_bench/timings")["records"], key=lambda r: r["start"])
 
 
-def set_node_timing(server: ComfyServer, enabled: bool) -> None:
-    """Switch the timing pack's per-node timing (with device synchronisation) on or off."""
-    status, data = server.post_json("/dw_bench/node_timing", {"enabled": enabled})
+def set_node_timing(server: ComfyServer, enabled: bool, profile: str | None = None) -> None:
+    """Switch the timing pack's per-node timing (with device synchronisation) on or off; with
+    ``profile``, that node class also runs under cProfile (``GET /dw_bench/profile``)."""
+    status, data = server.post_json("/dw_bench/node_timing", {"enabled": enabled, "profile": profile})
     if status != 200:
         raise RuntimeError(f"the timing pack did not answer ({status}: {data}); is bench/node_timing loaded?")
 

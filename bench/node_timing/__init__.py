@@ -11,11 +11,17 @@ timestamps have millisecond resolution. This pack wraps the two functions that e
   time with node timing off).
 
 Routes: ``GET /dw_bench/timings`` returns and forgets the finished prompts;
-``POST /dw_bench/node_timing`` with ``{"enabled": bool}`` switches node timing.
+``POST /dw_bench/node_timing`` with ``{"enabled": bool}`` switches node timing;
+``POST /dw_bench/node_timing`` with ``{"enabled": true, "profile": "<class_type>"}`` also runs
+that node class under cProfile, and ``GET /dw_bench/profile`` returns its statistics so far
+(the 30 costliest functions by cumulative time) and forgets them.
 """
 
 from __future__ import annotations
 
+import cProfile
+import io
+import pstats
 import threading
 import time
 
@@ -28,7 +34,7 @@ NODE_CLASS_MAPPINGS: dict = {}
 
 _lock = threading.Lock()
 _finished: list[dict] = []
-_state: dict = {"node_timing": False, "current": None}
+_state: dict = {"node_timing": False, "current": None, "profile": None, "profiler": None}
 
 
 def _sync() -> None:
@@ -45,11 +51,19 @@ async def _timed_execute(server, dynprompt, caches, current_item, *args, **kwarg
     if not _state["node_timing"] or record is None:
         return await _execute(server, dynprompt, caches, current_item, *args, **kwargs)
     cached = caches.outputs.get(current_item) is not None
+    class_type = dynprompt.get_node(current_item)["class_type"]
+    profiler = _state["profiler"] if class_type == _state["profile"] else None
     _sync()
     start = time.perf_counter()
-    result = await _execute(server, dynprompt, caches, current_item, *args, **kwargs)
+    if profiler is not None:
+        profiler.enable()
+    try:
+        result = await _execute(server, dynprompt, caches, current_item, *args, **kwargs)
+    finally:
+        if profiler is not None:
+            profiler.disable()
     _sync()
-    record["nodes"].append({"id": current_item, "class_type": dynprompt.get_node(current_item)["class_type"],
+    record["nodes"].append({"id": current_item, "class_type": class_type,
                             "ms": (time.perf_counter() - start) * 1e3, "cached": cached})
     return result
 
@@ -85,4 +99,17 @@ async def timings(request: web.Request) -> web.Response:
 async def node_timing(request: web.Request) -> web.Response:
     body = await request.json()
     _state["node_timing"] = bool(body.get("enabled"))
-    return web.json_response({"node_timing": _state["node_timing"]})
+    _state["profile"] = body.get("profile") if _state["node_timing"] else None
+    if _state["profile"] and _state["profiler"] is None:
+        _state["profiler"] = cProfile.Profile()
+    return web.json_response({"node_timing": _state["node_timing"], "profile": _state["profile"]})
+
+
+@routes.get("/dw_bench/profile")
+async def profile(request: web.Request) -> web.Response:
+    profiler, _state["profiler"] = _state["profiler"], None
+    if profiler is None:
+        return web.json_response({"stats": ""})
+    text = io.StringIO()
+    pstats.Stats(profiler, stream=text).sort_stats("cumulative").print_stats(30)
+    return web.json_response({"stats": text.getvalue()})
