@@ -9,9 +9,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+import torch
 
 from ..core import prompts
 from ..core.frames import FrameWriter
@@ -20,6 +23,7 @@ from ..core.publisher import Publisher
 from ..core.session import Session, SessionRegistry
 from ..core.status import CacheStats, build_status
 from ..core.supervisor import Supervisor
+from ..core.threads import ENV as THREADS_ENV, planned_threads
 from . import comfy_adapter as comfy
 
 log = logging.getLogger("dream_window")
@@ -49,6 +53,7 @@ class Runtime:
         self.cache_stats: dict[str, CacheStats] = {}
         self.started = time.monotonic()
         self.backend = comfy.ComfyBackend(SESSION_NODE)
+        self.threads_checked = False
 
     @property
     def registry(self) -> SessionRegistry:
@@ -71,12 +76,31 @@ class Runtime:
     def writer(self, session: Session, retention: int) -> FrameWriter:
         writer = self.writers.get(session.name)
         if writer is None:
+            self.leave_a_core_to_the_writer()
             publisher = self.publisher(session.name)
             writer = FrameWriter(session.frames_dir, retention, on_written=publisher.frames_written,
                                  on_pruned=publisher.frames_pruned)
             self.writers[session.name] = writer
         writer.retention = retention
         return writer
+
+    def leave_a_core_to_the_writer(self) -> None:
+        """Once per process, on the executor thread, before the first frame writer starts
+        (see ``core.threads``); a bad setting is logged and changes nothing."""
+        if self.threads_checked:
+            return
+        self.threads_checked = True
+        current = torch.get_num_threads()
+        try:
+            threads = planned_threads(current, len(os.sched_getaffinity(0)), comfy.torch_device().type != "cpu",
+                                      os.environ.get(THREADS_ENV))
+        except ValueError as exc:
+            log.warning("dream_window: %s; torch keeps its %d CPU threads", exc, current)
+            return
+        if threads is not None and threads != current:
+            torch.set_num_threads(threads)
+            log.info("dream_window: torch CPU threads %d -> %d so the frame writer has a core of its own "
+                     "(%s=keep leaves them)", current, threads, THREADS_ENV)
 
     def publisher(self, name: str) -> Publisher:
         """The session's playback and status writer (started on first use)."""

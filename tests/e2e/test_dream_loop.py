@@ -119,13 +119,15 @@ def test_user_cancel_pauses_without_retry(comfy):
 
 
 def test_killed_server_resumes_from_last_committed_keyframe(tmp_path):
-    server = ComfyServer(tmp_path, extra_packs=TEST_PACKS).start()
+    # A bad thread setting must not stop the loop: it is logged, and torch keeps its threads.
+    server = ComfyServer(tmp_path, extra_packs=TEST_PACKS, env={"DREAM_WINDOW_TORCH_THREADS": "many"}).start()
     try:
         wf = dream_workflow("resume", capture="cap_resume")
         wf["3"]["inputs"]["admission"] = "always"
         server.queue(wf)
         server.wait_for(lambda: (server.session("resume") or {}).get("iteration", 0) >= 4, timeout=120,
                         what="4 iterations")
+        assert "DREAM_WINDOW_TORCH_THREADS='many': use auto, keep or a whole number" in server.log_tail(400000)
         server.kill()
         index = tmp_path / "output" / "dream_window_cache" / "resume" / "metadata" / "cache_index.json"
         cached_before = {e["cache_id"] for e in json.loads(index.read_text())["entries"]}

@@ -1,0 +1,29 @@
+"""core.threads: when the pack frees a core for its frame writer."""
+
+import pytest
+
+from core.threads import ENV, planned_threads
+
+
+@pytest.mark.parametrize("current, cores, accelerated, setting, expected", [
+    (16, 16, True, None, 15),        # torch takes every core next to a GPU: free one
+    (16, 16, True, "auto", 15),
+    (16, 16, True, " AUTO ", 15),
+    (16, 16, True, "", 15),          # set but empty: the default
+    (32, 16, True, None, 15),        # more threads than cores
+    (8, 16, True, None, None),       # cores to spare already
+    (16, 16, False, None, None),     # on the CPU the sampler needs every core
+    (3, 3, True, None, None),        # too few cores to give one up
+    (4, 4, True, None, 3),
+    (16, 16, True, "keep", None),
+    (16, 16, True, "12", 12),
+    (16, 16, False, "2", 2),
+])
+def test_planned_threads(current, cores, accelerated, setting, expected):
+    assert planned_threads(current, cores, accelerated, setting) == expected
+
+
+@pytest.mark.parametrize("setting", ["0", "-3", "many", "1.5"])
+def test_a_bad_setting_names_the_variable_and_the_choices(setting):
+    with pytest.raises(ValueError, match=f"{ENV}=.*auto, keep or a whole number"):
+        planned_threads(16, 16, True, setting)
