@@ -159,27 +159,30 @@ class AestheticLoop:
 
     def _admit(self, embeddings, sims, latents, images, prompt, keyframe, record) -> None:
         sources = ("keyframe", "midpoint")
-        with self.store.batch():
-            for row in range(embeddings.shape[0]):
-                verdict = self.admission.evaluate({m: v[row] for m, v in sims.items()})
-                if not verdict.accepted:
-                    continue
-                try:
+        wrote = False
+        try:
+            with self.store.batch():  # the index is written when the batch ends: that can fail too
+                for row in range(embeddings.shape[0]):
+                    verdict = self.admission.evaluate({m: v[row] for m, v in sims.items()})
+                    if not verdict.accepted:
+                        continue
                     result = self.store.add(
                         embeddings[row], latent=latents[row:row + 1],
                         image=images[row:row + 1] if images is not None else None,
                         source=sources[min(row, 1)], prompt=prompt, generation_params={"keyframe": keyframe})
-                except EmbeddingMismatchError:
-                    raise  # a wrong model, not a disk problem: the user must act
-                except (CacheStoreError, OSError) as exc:
-                    if self.cache_error is None:
-                        log.error("dream_window: caching disabled until the cache folder is writable: %s", exc)
-                    self.cache_error = str(exc)
-                    record["cache_error"] = self.cache_error
-                    return
-                self.cache_error = None
-                record["admitted"].append({"id": result.entry.cache_id, "source": result.entry.source,
-                                           "reason": verdict.reason})
+                    wrote = True
+                    record["admitted"].append({"id": result.entry.cache_id, "source": result.entry.source,
+                                               "reason": verdict.reason})
+        except EmbeddingMismatchError:
+            raise  # a wrong model, not a disk problem: the user must act
+        except (CacheStoreError, OSError) as exc:
+            if self.cache_error is None:
+                log.error("dream_window: caching disabled until the cache folder is writable: %s", exc)
+            self.cache_error = str(exc)
+            record["cache_error"] = self.cache_error
+            return
+        if wrote:
+            self.cache_error = None
 
     # -- reporting --------------------------------------------------------------------
     def stats(self) -> CacheStats:

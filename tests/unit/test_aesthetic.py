@@ -1,10 +1,12 @@
 """The per-session aesthetic loop: admission, decisions, blends, failures that must not stop it."""
 
+import json
 import shutil
 
 import pytest
 import torch
 
+from core import atomic
 from core.aesthetic import AestheticLoop
 from core.cache_store import CacheStore
 from core.injection import InjectionDecision
@@ -70,6 +72,19 @@ def test_unwritable_cache_folder_keeps_the_loop_going(tmp_path):
     tensors.mkdir()
     assert loop.after_keyframe(2, latents(2), None, injected=False)["admitted"]
     assert loop.cache_error is None
+
+
+def test_a_full_disk_on_the_index_alone_keeps_the_loop_going(tmp_path, monkeypatch):
+    loop = make(tmp_path)
+    index = tmp_path / "cache" / "metadata" / "cache_index.json"
+    monkeypatch.setenv(atomic.FAULT_ENV, "before_replace:cache_index.json:enospc")
+    record = loop.after_keyframe(1, latents(1), None, injected=False)
+    assert "No space left" in record["cache_error"] and loop.cache_error
+    assert not index.exists(), "nothing indexed while the disk is full"
+    monkeypatch.delenv(atomic.FAULT_ENV)
+    record = loop.after_keyframe(2, latents(2), None, injected=False)
+    assert record["admitted"] and loop.cache_error is None
+    assert len(json.loads(index.read_text())["entries"]) == len(loop.store) == 4, "the retried index holds all"
 
 
 def test_policy_state_round_trips(tmp_path):
