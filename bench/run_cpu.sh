@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The CPU benchmark suite, one command from a fresh clone (builds the harness first if needed):
 #   bash bench/run_cpu.sh
-# Runs bench/cache_scaling.py, interp_path.py, loop_overhead.py, vs_controller.py and memory.py
-# with their CPU defaults (tiny synthesised models at <= 128 px; 1,000 loop iterations for memory);
+# Runs bench/cache_scaling.py, interp_path.py, loop_overhead.py, vs_controller.py, memory.py,
+# frame_encode.py and cpu_ops.py with their CPU defaults (tiny synthesised models at <= 128 px; 1,000 loop iterations for memory);
 # about 5 minutes on an idle 2-core machine, well under 10. Results: bench/results/*.json and
 # bench/results/cpu_suite.log. Noisy neighbours slow every figure: the ratios, measured with both
 # sides in the same run, are what to compare; the load average is printed before and after.
@@ -24,5 +24,7 @@ step interp_path "$PY" bench/interp_path.py
 step loop_overhead "$PY" bench/loop_overhead.py
 step vs_controller "$PY" bench/vs_controller.py
 step memory "$PY" bench/memory.py
+step frame_encode "$PY" bench/frame_encode.py
+step cpu_ops "$PY" bench/cpu_ops.py
 step load uptime
 suite_end bench/results

@@ -1,7 +1,12 @@
-"""bench/cache_scaling.py: its options, and the embedding rows it reports instead of zeros
-when a model cannot be measured."""
+"""Benchmark options: bench/cache_scaling.py's, and the embedding rows it reports instead of
+zeros when a model cannot be measured; the newer benchmarks refuse nonsense parameters."""
 
 from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -81,3 +86,28 @@ def test_open_clip_stand_in_is_measured_and_labelled_a_floor():
     assert stand_in["median_ms"] > 0 and stand_in["runs"] == 1
     assert stand_in["note"] == "a floor, not the real cost of ViT-B-32"
     assert real["skipped"] == "no local weights given (--open-clip-weights FILE)"
+
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+
+
+@pytest.mark.parametrize(("script", "args", "message"), [
+    ("cpu_ops.py", ["--frames", "0"], "--frames: 0 must be >= 1"),
+    ("cpu_ops.py", ["--repeats", "-2"], "--repeats: -2 must be >= 1"),
+    ("frame_encode.py", ["--size", "10x10"], "positive multiples of 8"),
+    ("frame_encode.py", ["--rounds", "0"], "--rounds: 0 must be >= 1"),
+    ("loop_fps.py", ["--node-iterations", "0"], "--node-iterations: 0 must be >= 1"),
+])
+def test_new_benchmarks_refuse_nonsense(script, args, message):
+    done = subprocess.run([sys.executable, str(BENCH / script), *args], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and message in done.stderr, done.stderr
+
+
+def test_frame_encode_measures_both_encoders(tmp_path):
+    out = tmp_path / "fe.json"
+    done = subprocess.run([sys.executable, str(BENCH / "frame_encode.py"), "--size", "64x32", "--rounds", "1",
+                           "--output", str(out)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    results = json.loads(out.read_text())
+    for encoder in results["encoders"].values():
+        assert encoder["encode_ms"] > 0 and encoder["bytes"] > 0 and encoder["executor_slowdown"] > 0
