@@ -10,6 +10,8 @@ dream loop ran 38.4 frames per second with 16 threads against 48.6 with 15
 
 from __future__ import annotations
 
+import os
+
 ENV = "DREAM_WINDOW_TORCH_THREADS"
 """``auto`` (default), ``keep``, or a thread count."""
 
@@ -34,3 +36,10 @@ def planned_threads(current: int, usable_cores: int, accelerated: bool, setting:
     if value.isdigit() and int(value) >= 1:
         return int(value)
     raise ValueError(f"{ENV}={setting!r}: use auto, keep or a whole number of threads from 1")
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity where the OS reports one: Linux)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1

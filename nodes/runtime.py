@@ -23,7 +23,7 @@ from ..core.publisher import Publisher
 from ..core.session import Session, SessionRegistry
 from ..core.status import CacheStats, build_status
 from ..core.supervisor import Supervisor
-from ..core.threads import ENV as THREADS_ENV, planned_threads
+from ..core.threads import ENV as THREADS_ENV, planned_threads, usable_cores
 from . import comfy_adapter as comfy
 
 log = logging.getLogger("dream_window")
@@ -92,7 +92,7 @@ class Runtime:
         self.threads_checked = True
         current = torch.get_num_threads()
         try:
-            threads = planned_threads(current, len(os.sched_getaffinity(0)), comfy.torch_device().type != "cpu",
+            threads = planned_threads(current, usable_cores(), comfy.torch_device().type != "cpu",
                                       os.environ.get(THREADS_ENV))
         except ValueError as exc:
             log.warning("dream_window: %s; torch keeps its %d CPU threads", exc, current)

@@ -1,8 +1,10 @@
 """core.threads: when the pack frees a core for its frame writer."""
 
+import os
+
 import pytest
 
-from core.threads import ENV, planned_threads
+from core.threads import ENV, planned_threads, usable_cores
 
 
 @pytest.mark.parametrize("current, cores, accelerated, setting, expected", [
@@ -27,3 +29,10 @@ def test_planned_threads(current, cores, accelerated, setting, expected):
 def test_a_bad_setting_names_the_variable_and_the_choices(setting):
     with pytest.raises(ValueError, match=f"{ENV}=.*auto, keep or a whole number"):
         planned_threads(16, 16, True, setting)
+
+
+def test_usable_cores_without_affinity_falls_back_to_the_cpu_count(monkeypatch):
+    assert 1 <= usable_cores() <= (os.cpu_count() or 1)
+    monkeypatch.delattr(os, "sched_getaffinity", raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 6)
+    assert usable_cores() == 6
