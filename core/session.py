@@ -26,6 +26,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
 from .atomic import atomic_write_bytes, atomic_write_json, remove_stale_temps
+from .frames import frame_name
 
 log = logging.getLogger("dream_window")
 
@@ -141,10 +142,7 @@ class Session:
             latent = latent.detach().to("cpu", torch.float32).contiguous()
             recent = (self.recent_latents + [latent])[-RECENT_KEYFRAMES:]
             iteration = self.iteration + 1
-            tensors = {f"recent_{i}": t for i, t in enumerate(recent)}  # the newest is the previous keyframe
-            latents_file = f"latents-{iteration:08d}.safetensors"
-            atomic_write_bytes(self.folder / latents_file,
-                               save(tensors, metadata={"iteration": str(iteration), "session": self.name}))
+            latents_file = self._write_latents(iteration, recent)
             first = self.next_frame
             old = (self.iteration, self.next_frame, self.prev_latent, self.recent_latents,
                    self.seeds, self.stats, self.latents_file, self.rotation, self.policy)
@@ -157,17 +155,70 @@ class Session:
                 if key not in ("rotation", "policy"):
                     raise ValueError(f"commit cannot update {key!r}")
                 setattr(self, key, value)
-            try:
-                self.save_control()
-            except BaseException:
-                (self.iteration, self.next_frame, self.prev_latent, self.recent_latents,
-                 self.seeds, self.stats, self.latents_file, self.rotation, self.policy) = old
-                (self.folder / latents_file).unlink(missing_ok=True)  # not committed: leave the folder as it was
-                raise
-            for stale in self.folder.glob("latents-*.safetensors"):
-                if stale.name != latents_file:
-                    stale.unlink(missing_ok=True)
+            self._save_keyframe_state(old)
             return first, first + frames - 1
+
+    def _write_latents(self, iteration: int, recent: list[torch.Tensor]) -> str | None:
+        """Write the kept keyframes (the newest is the previous keyframe) as the latents file of
+        ``iteration``; None when none is kept."""
+        if not recent:
+            return None
+        latents_file = f"latents-{iteration:08d}.safetensors"
+        tensors = {f"recent_{i}": t for i, t in enumerate(recent)}
+        atomic_write_bytes(self.folder / latents_file,
+                           save(tensors, metadata={"iteration": str(iteration), "session": self.name}))
+        return latents_file
+
+    def _save_keyframe_state(self, old: tuple) -> None:
+        """The commit point: ``state.json`` names the latents file written before it; older latents
+        files go once it is durable. On failure the fields in ``old`` come back and the new latents
+        file goes, so nothing changes, in memory or on disk."""
+        try:
+            self.save_control()
+        except BaseException:
+            new_file = self.latents_file
+            (self.iteration, self.next_frame, self.prev_latent, self.recent_latents,
+             self.seeds, self.stats, self.latents_file, self.rotation, self.policy) = old
+            if new_file and new_file != self.latents_file:
+                (self.folder / new_file).unlink(missing_ok=True)
+            raise
+        for stale in self.folder.glob("latents-*.safetensors"):
+            if stale.name != self.latents_file:
+                stale.unlink(missing_ok=True)
+
+    def _redo_keyframe_without_frames(self) -> None:
+        """Go back one keyframe when the newest one's frames never reached the disk.
+
+        The frame writer writes a keyframe's frames after its commit, the keyframe's own frame
+        last; a server killed in between would leave a hole in the frame sequence. Resuming from
+        the keyframe before instead redoes the pair under the same frame numbers. Persisted at
+        once (a new latents file, then ``state.json``); when that cannot be written, the session
+        resumes from the newest keyframe and the hole stays.
+        """
+        frames = self.stats.get("frames_last_iteration")
+        if self.iteration < 1 or not isinstance(frames, int) or not 1 <= frames < self.next_frame:
+            return
+        if (self.frames_dir / frame_name(self.next_frame - 1)).exists():
+            return
+        recent = self.recent_latents[:-1]
+        if self.iteration > 1 and not recent:
+            return  # the keyframe before it is not kept
+        old = (self.iteration, self.next_frame, self.prev_latent, self.recent_latents,
+               self.seeds, self.stats, self.latents_file, self.rotation, self.policy)
+        try:
+            latents_file = self._write_latents(self.iteration - 1, recent)
+            self.iteration, self.next_frame = self.iteration - 1, self.next_frame - frames
+            self.prev_latent, self.recent_latents = (recent[-1] if recent else None), recent
+            self.seeds = self.seeds[:-1]
+            self.stats = {key: value for key, value in self.stats.items() if key != "frames_last_iteration"}
+            self.latents_file = latents_file
+            self._save_keyframe_state(old)
+        except (OSError, ValueError) as exc:  # nothing changed: _save_keyframe_state put it back
+            log.error("dream_window[%s]: keyframe %d's frames are missing but the session cannot go back to "
+                      "keyframe %d (%s); resuming from keyframe %d", self.name, old[0], old[0] - 1, exc, old[0])
+            return
+        log.warning("dream_window[%s]: keyframe %d's frames were not all written before the server stopped; "
+                    "resuming from keyframe %d, which makes them again", self.name, old[0], self.iteration)
 
     def reset(self) -> None:
         """Forget the keyframes (e.g. after a resolution change); frame numbering goes on."""
@@ -223,6 +274,7 @@ class Session:
                 raise SessionError(f"session {name!r}: keyframe file {path} holds no keyframe; reset the session")
             session.recent_latents = [tensors[k] for k in keys]
             session.prev_latent = session.recent_latents[-1]
+        session._redo_keyframe_without_frames()
         return session
 
 

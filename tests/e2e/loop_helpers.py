@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 
 import torch
@@ -63,3 +64,17 @@ def captured(output: Path, capture: str, kind: str) -> list[torch.Tensor]:
 
 def clone(wf: dict) -> dict:
     return copy.deepcopy(wf)
+
+
+def resume_point(session_folder: Path) -> tuple[int, torch.Tensor | None, bool]:
+    """Where a restarted server resumes the session stored in ``session_folder``: (keyframe, its
+    latent, whether it goes back one). The newest committed keyframe, unless its own frame (the
+    last the frame writer writes) is not on disk: then the keyframe before, whose pair is redone."""
+    state = json.loads((session_folder / "state.json").read_text())
+    recent = load_file(str(session_folder / state["latents_file"])) if state.get("latents_file") else {}
+    kept = [recent[key] for key in sorted(recent, key=lambda key: int(key.split("_")[1]))]
+    k = state["iteration"]
+    newest_frame = session_folder / "frames" / f"frame_{state['next_frame'] - 1:08d}.png"
+    if k >= 1 and state.get("stats", {}).get("frames_last_iteration") and not newest_frame.exists():
+        return k - 1, (kept[-2] if len(kept) > 1 else None), True
+    return k, (kept[-1] if kept else None), False

@@ -6,7 +6,8 @@ One server on its own base folder is killed over and over: at the fault points c
 at random moments of a running iteration. After each kill every file is checked (the old or
 the new complete version), the server is started again and ``POST /dream_window/start``
 resumes the loop: its first sampler input (captured with core SaveLatent) must equal the
-keyframe committed before the kill.
+keyframe committed before the kill, or the one before it when the last committed keyframe's frames
+never reached the disk (the session then redoes that pair under the same frame numbers).
 
 A restart costs 7-15 s here (ComfyUI start and model load), so the number of kills is a
 parameter: ``DW_FAULT_KILLS`` (default 20: about 150 s on two idle cores). The first kill hits
@@ -31,7 +32,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from harness.comfy_process import ComfyServer
-from loop_helpers import TEST_PACKS, dream_workflow
+from loop_helpers import TEST_PACKS, dream_workflow, resume_point
 
 pytestmark = pytest.mark.e2e
 
@@ -69,11 +70,6 @@ class Folders:
 
     def captures(self) -> list[Path]:
         return sorted((self.base / "output" / CAPTURE).glob("src_*.latent"))
-
-
-def newest(tensors: dict) -> torch.Tensor:
-    """The previous keyframe of a latents file: its highest ``recent_<i>``."""
-    return tensors[max(tensors, key=lambda key: int(key.split("_")[1]))]
 
 
 def temps(folder: Path, stem: str) -> list[Path]:
@@ -175,27 +171,32 @@ def status_after(f: Folders, k: int, started: float) -> None:
 @dataclass(frozen=True)
 class Kill:
     label: str
-    rule: Callable[[int], str] | None = None
-    """``DREAM_WINDOW_FAULT`` for a restart after keyframe k was committed; None: a random kill."""
+    rule: Callable[[int, int], str] | None = None
+    """``DREAM_WINDOW_FAULT`` for a restart that resumes from keyframe k, where loading the session
+    replaced ``state.json`` ``extra`` times already (1 when it went back one keyframe); None: a
+    random kill."""
     evidence: Callable[[Folders, int, float], None] | None = None
 
 
 # After a restart at keyframe k, the resumed loop commits k+1 (its sampler input is checked), and
 # the fault points aim at keyframe k+2. state.json is replaced by POST /start (1), each iteration's
-# start (2, 4) and each commit (3, 5); the cache index once per keyframe, cache tensors twice
-# (the keyframe and the midpoint of the pair).
+# start (2, 4) and each commit (3, 5), after the replace that loading makes when the newest
+# keyframe's frames never reached the disk (a kill right after a commit: see resume_point); the
+# cache index once per keyframe, cache tensors twice (the keyframe and the midpoint of the pair).
 FAULT_KILLS = [
-    Kill("state.json before replace", lambda k: "before_replace:state.json:kill@5", state_before),
-    Kill("state.json after replace", lambda k: "after_replace:state.json:kill@5", state_after),
-    Kill("latents after replace", lambda k: f"after_replace:latents-{k + 2:08d}.safetensors:kill", latents_after),
-    Kill("cache tensor after replace", lambda k: f"after_replace:{CACHE_TENSOR}:kill@3", tensor_after),
-    Kill("cache index before replace", lambda k: "before_replace:cache_index.json:kill@2", index_before),
+    Kill("state.json before replace", lambda k, extra: f"before_replace:state.json:kill@{5 + extra}", state_before),
+    Kill("state.json after replace", lambda k, extra: f"after_replace:state.json:kill@{5 + extra}", state_after),
+    Kill("latents after replace", lambda k, extra: f"after_replace:latents-{k + 2:08d}.safetensors:kill",
+         latents_after),
+    Kill("cache tensor after replace", lambda k, extra: f"after_replace:{CACHE_TENSOR}:kill@3", tensor_after),
+    Kill("cache index before replace", lambda k, extra: "before_replace:cache_index.json:kill@2", index_before),
     Kill("random"),
-    Kill("status.json before replace", lambda k: "before_replace:status.json:kill", status_before),
-    Kill("status.json after replace", lambda k: "after_replace:status.json:kill", status_after),
-    Kill("latents before replace", lambda k: f"before_replace:latents-{k + 2:08d}.safetensors:kill", latents_before),
-    Kill("cache tensor before replace", lambda k: f"before_replace:{CACHE_TENSOR}:kill@3", tensor_before),
-    Kill("cache index after replace", lambda k: "after_replace:cache_index.json:kill@2", index_after),
+    Kill("status.json before replace", lambda k, extra: "before_replace:status.json:kill", status_before),
+    Kill("status.json after replace", lambda k, extra: "after_replace:status.json:kill", status_after),
+    Kill("latents before replace", lambda k, extra: f"before_replace:latents-{k + 2:08d}.safetensors:kill",
+         latents_before),
+    Kill("cache tensor before replace", lambda k, extra: f"before_replace:{CACHE_TENSOR}:kill@3", tensor_before),
+    Kill("cache index after replace", lambda k, extra: "after_replace:cache_index.json:kill@2", index_after),
 ]
 SCHEDULE = (FAULT_KILLS + [Kill("random")] * max(0, KILLS - 1 - len(FAULT_KILLS)))[:KILLS - 1]
 
@@ -225,16 +226,17 @@ def post_start(srv: ComfyServer) -> None:
     assert status == 200, body
 
 
-def restart_and_resume(srv: ComfyServer, f: Folders, env: dict) -> tuple[int, torch.Tensor, int, float]:
-    """Start the killed server again (with ``env``) and resume the loop: (k, committed latent,
-    captures before, start time)."""
-    state = f.state()
-    k, committed = state["iteration"], newest(load_file(str(f.session / state["latents_file"])))
+def restart_and_resume(srv: ComfyServer, f: Folders, kill: Kill | None) -> tuple[int, torch.Tensor, int, float]:
+    """Start the killed server again (with ``kill``'s fault point) and resume the loop: (k, the
+    latent it resumes from, captures before, start time)."""
+    k, committed, went_back = resume_point(f.session)
     captures = len(f.captures())
-    srv.env = env
+    srv.env = {FAULT_ENV: kill.rule(k, int(went_back))} if kill and kill.rule else {}
     started = time.time()
     srv.start()
     assert srv.session(SESSION)["iteration"] == k
+    if went_back:
+        assert f.state()["iteration"] == k, "going back one keyframe is saved at once"
     post_start(srv)
     return k, committed, captures, started
 
@@ -258,8 +260,7 @@ def test_sigkill_at_fault_points_and_random_moments_loses_nothing(server, artifa
     for kill in SCHEDULE:
         check_files(f)
         t0 = time.monotonic()
-        k, committed, captures, started = restart_and_resume(server, f, {FAULT_ENV: kill.rule(f.state()["iteration"])}
-                                                            if kill.rule else {})
+        k, committed, captures, started = restart_and_resume(server, f, kill)
         if kill.rule:
             assert server.proc.wait(timeout=180) == -signal.SIGKILL, f"{kill.label}: the fault point was not reached"
         else:  # a random moment of the third resumed iteration, whatever an iteration takes on this machine
@@ -284,7 +285,7 @@ def test_sigkill_at_fault_points_and_random_moments_loses_nothing(server, artifa
     assert len(log) == KILLS
 
     # The last restart: the loop goes on, and what the crashes left behind is cleaned up.
-    k, committed, captures, _ = restart_and_resume(server, f, {})
+    k, committed, captures, _ = restart_and_resume(server, f, None)
     server.wait_for(lambda: server.session(SESSION)["iteration"] >= k + 2, timeout=120, what="the loop to go on")
     assert check_resumed_from(f, committed, captures)
     server.control("stop", SESSION)

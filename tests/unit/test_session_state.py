@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from core import atomic
-from core.session import Session, SessionError, SessionRegistry, strip_is_changed, validate_name
+from core.frames import frame_name
+from core.session import SessionError, SessionRegistry, strip_is_changed, validate_name
 
 
 @pytest.mark.parametrize("name", ["dream", "a", "Dream_2-x", "x" * 64])
@@ -119,3 +120,70 @@ def test_atomic_link_points_at_same_inode(tmp_path):
     other.write_bytes(b"png2")
     atomic.atomic_link(other, tmp_path / "current.png")
     assert (tmp_path / "current.png").read_bytes() == b"png2"
+
+
+def commit_with_frames(session, latents, write_frames=True):
+    """Commit ``latents`` as keyframes as the Commit node does (1 frame, then 11 per pair)."""
+    for i, lat in enumerate(latents):
+        frames = 1 if session.iteration == 0 else 11
+        first, last = session.commit_keyframe(lat, seed=100 + i, frames=frames,
+                                              stats={"frames_last_iteration": frames})
+        session.frames_dir.mkdir(exist_ok=True)
+        if write_frames:
+            for index in range(first, last + 1):
+                (session.frames_dir / frame_name(index)).write_bytes(b"png")
+
+
+def test_a_keyframe_whose_frames_were_not_written_is_made_again(tmp_path, caplog):
+    s = SessionRegistry(tmp_path).get("dream", create=True)
+    latents = [torch.randn(1, 4, 8, 8) for _ in range(4)]
+    commit_with_frames(s, latents[:3])
+    commit_with_frames(s, latents[3:], write_frames=False)  # the server died before the writer wrote them
+    for index in range(s.next_frame - 11, s.next_frame - 5):  # part of the pair reached the disk
+        (s.frames_dir / frame_name(index)).write_bytes(b"png")
+    assert (s.iteration, s.next_frame) == (4, 35)
+
+    again = SessionRegistry(tmp_path).get("dream")
+    assert (again.iteration, again.next_frame) == (3, 24), "the pair is redone under the same frame numbers"
+    assert torch.equal(again.prev_latent, latents[2]) and len(again.recent_latents) == 3
+    assert again.seeds == [100, 101, 102] and "frames_last_iteration" not in again.stats
+    assert "keyframe 4's frames were not all written" in caplog.text
+    on_disk = json.loads((tmp_path / "dream" / "state.json").read_text())
+    assert (on_disk["iteration"], on_disk["next_frame"], on_disk["latents_file"]) == (3, 24, "latents-00000003.safetensors")
+    assert [p.name for p in (tmp_path / "dream").glob("latents-*")] == ["latents-00000003.safetensors"]
+
+    once_more = SessionRegistry(tmp_path).get("dream")
+    assert (once_more.iteration, once_more.next_frame) == (3, 24), "one step back, not one per restart"
+    assert torch.equal(once_more.prev_latent, latents[2])
+
+
+def test_a_first_keyframe_without_its_frame_goes_back_to_the_start(tmp_path):
+    s = SessionRegistry(tmp_path).get("dream", create=True)
+    commit_with_frames(s, [torch.randn(1, 4, 8, 8)], write_frames=False)
+    again = SessionRegistry(tmp_path).get("dream")
+    assert (again.iteration, again.next_frame, again.prev_latent, again.latents_file) == (0, 1, None, None)
+    assert not list((tmp_path / "dream").glob("latents-*"))
+
+
+def test_written_frames_keep_the_newest_keyframe(tmp_path):
+    s = SessionRegistry(tmp_path).get("dream", create=True)
+    latents = [torch.randn(1, 4, 8, 8) for _ in range(3)]
+    commit_with_frames(s, latents)
+    for stale in sorted(s.frames_dir.iterdir())[:-1]:
+        stale.unlink()  # the retention limit pruned the older ones: the newest frame is all it looks at
+    again = SessionRegistry(tmp_path).get("dream")
+    assert again.iteration == 3 and torch.equal(again.prev_latent, latents[2])
+
+
+def test_when_going_back_cannot_be_saved_the_newest_keyframe_stays(tmp_path, monkeypatch, caplog):
+    s = SessionRegistry(tmp_path).get("dream", create=True)
+    latents = [torch.randn(1, 4, 8, 8) for _ in range(3)]
+    commit_with_frames(s, latents[:2])
+    commit_with_frames(s, latents[2:], write_frames=False)
+    before = (tmp_path / "dream" / "state.json").read_bytes()
+    monkeypatch.setenv(atomic.FAULT_ENV, "before_replace:state.json:enospc")
+    again = SessionRegistry(tmp_path).get("dream")
+    assert again.iteration == 3 and torch.equal(again.prev_latent, latents[2])
+    assert (tmp_path / "dream" / "state.json").read_bytes() == before
+    assert [p.name for p in (tmp_path / "dream").glob("latents-*")] == ["latents-00000003.safetensors"]
+    assert "cannot go back to keyframe 2" in caplog.text
