@@ -174,7 +174,6 @@ class Supervisor:
         return self.backend.prompt_result(prompt_id) or ("cleared", None)
 
     async def _finished(self, prompt_id: str, outcome: str, error: dict | None) -> None:
-        s = self.session
         self._finished_at = time.monotonic()
         if self.last_finished is not None:
             self.backend.delete_history(self.last_finished)

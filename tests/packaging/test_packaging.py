@@ -8,7 +8,6 @@ import shutil
 import subprocess
 import tomllib
 
-import pytest
 
 from harness.comfy_process import HARNESS, REPO
 
