@@ -53,8 +53,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if too_many:
         parser.error(f"--frames {too_many}: the bare workflow's RepeatLatentBatch makes at most "
                      f"{sl.MAX_REPEAT} latents, so N <= {sl.MAX_REPEAT - 1}")
-    if args.size is not None and min(args.size) < 64:
-        parser.error("--size: the dream workflow's keyframe source needs at least 64x64")
     sl.check_server_args(parser, args)
     args.size = args.size or ((512, 256) if args.gpu else (64, 64))
     args.iterations = args.iterations or (6 if args.gpu else 3)

@@ -53,8 +53,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     sl.add_server_args(parser)
     output_arg(parser, "memory")
     args = parser.parse_args(argv)
-    if args.size is not None and min(args.size) < 64:
-        parser.error("--size: the dream workflow's keyframe source needs at least 64x64")
     sl.check_server_args(parser, args)
     if args.interval <= 0:
         parser.error("--interval must be > 0 seconds")

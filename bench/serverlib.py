@@ -58,9 +58,12 @@ def add_server_args(parser: argparse.ArgumentParser) -> None:
 
 def check_server_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Refuse, before a server starts: a models folder without the checkpoint, a missing web
-    root, ``--gpu`` where torch sees no CUDA device, negative threads; then resolve and apply
-    ``--threads`` in this process."""
+    root, ``--gpu`` where torch sees no CUDA device, negative threads, a ``--size`` below the
+    dream workflow's minimum; then resolve and apply ``--threads`` in this process."""
     import torch
+
+    if getattr(args, "size", None) is not None and min(args.size) < 64:
+        parser.error("--size: the dream workflow's keyframe source needs at least 64x64")
 
     if args.gpu and not torch.cuda.is_available():
         parser.error("--gpu: torch sees no CUDA device here (leave --gpu out to run on the CPU)")

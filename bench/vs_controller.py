@@ -82,8 +82,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     sl.add_server_args(parser)
     output_arg(parser, "vs_controller")
     args = parser.parse_args(argv)
-    if args.size is not None and min(args.size) < 64:
-        parser.error("--size: the dream workflow's keyframe source needs at least 64x64")
     sl.check_server_args(parser, args)
     args.size = args.size or ((512, 256) if args.gpu else (64, 64))
     args.keyframes = args.keyframes or (8 if args.gpu else 4)

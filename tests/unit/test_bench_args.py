@@ -97,6 +97,8 @@ BENCH = Path(__file__).resolve().parents[2] / "bench"
     ("frame_encode.py", ["--size", "10x10"], "positive multiples of 8"),
     ("frame_encode.py", ["--rounds", "0"], "--rounds: 0 must be >= 1"),
     ("loop_fps.py", ["--node-iterations", "0"], "--node-iterations: 0 must be >= 1"),
+    ("loop_fps.py", ["--size", "32x32"], "--size: the dream workflow's keyframe source needs at least 64x64"),
+    ("memory.py", ["--size", "32x32"], "--size: the dream workflow's keyframe source needs at least 64x64"),
 ])
 def test_new_benchmarks_refuse_nonsense(script, args, message):
     done = subprocess.run([sys.executable, str(BENCH / script), *args], capture_output=True, text=True, timeout=120)
