@@ -237,3 +237,15 @@ def test_clip_preprocess_crops_the_centre_square():
     out = sim.clip_preprocess(image, 20, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
     assert out.shape == (1, 3, 20, 20)
     assert out.min().item() == pytest.approx(1.0, abs=1e-4)
+
+
+def test_uint8_conversion_matches_numpy_on_every_boundary():
+    """Each k/255 (and its neighbours one float32 step away), out-of-range and random values give
+    the bytes numpy's ``clip(255 * x).astype(uint8)`` gives."""
+    steps = torch.arange(256, dtype=torch.float32) / 255
+    values = torch.cat([steps, torch.nextafter(steps, torch.tensor(2.0)), torch.nextafter(steps, torch.tensor(-1.0)),
+                        torch.tensor([-3.0, -1e-8, 1.0 + 1e-7, 7.5]),
+                        torch.rand(3000, generator=torch.Generator().manual_seed(4)) * 1.4 - 0.2])
+    image = values[: values.numel() // 3 * 3].reshape(1, 1, -1, 3)
+    expected = np.clip(255.0 * image.numpy(), 0, 255).astype(np.uint8)
+    np.testing.assert_array_equal(sim.images_to_uint8(image), expected)
