@@ -56,6 +56,7 @@ class AestheticLoop:
     policy: InjectionPolicy
     detector: CollapseDetector
     rng_seed: int = 0
+    background_analysis: bool = True
     analysis: Analysis | None = None
     cache_error: str | None = None
     decisions: list[dict] = field(default_factory=list)
@@ -64,15 +65,25 @@ class AestheticLoop:
     def create(cls, store: CacheStore, *, admission_rule: str = "mean", admission_logic: str = "all",
                tuning: Mapping[str, Any] | None = None, rng_seed: int = 0) -> "AestheticLoop":
         """Build the loop with the strategy's defaults; ``tuning`` overrides policy fields
-        (e.g. ``{"injection_probability": 1.0, "warmup_keyframes": 0, "windows": {...}}``)
-        and admission thresholds (``admission_mean``/``admission_max``: per-metric dicts)."""
+        (e.g. ``{"injection_probability": 1.0, "warmup_keyframes": 0, "windows": {...}}``),
+        admission thresholds (``admission_mean``/``admission_max``: per-metric dicts) and
+        ``background_analysis`` (false: never on the worker, see :attr:`analyses_in_background`)."""
         tuning = dict(tuning or {})
+        background = tuning.pop("background_analysis", True)
+        if not isinstance(background, bool):
+            raise ValueError(f"background_analysis must be true or false, got {background!r}")
         strategy = store.strategy
         admission = AdmissionPolicy.for_strategy(strategy, rule=admission_rule, logic=admission_logic,
                                                  mean_thresholds=tuning.pop("admission_mean", None),
                                                  max_thresholds=tuning.pop("admission_max", None))
         config = InjectionConfig.for_strategy(strategy, **tuning)
-        return cls(store, admission, InjectionPolicy(config), CollapseDetector(strategy), rng_seed)
+        return cls(store, admission, InjectionPolicy(config), CollapseDetector(strategy), rng_seed, background)
+
+    @property
+    def analyses_in_background(self) -> bool:
+        """Whether ``after_keyframe`` may run on a worker thread beside the next iteration: the
+        strategy only uses the CPU and the tuning did not turn it off."""
+        return self.background_analysis and self.store.strategy.cpu_only
 
     def rng(self, keyframe: int) -> np.random.Generator:
         return np.random.default_rng([self.rng_seed, keyframe])

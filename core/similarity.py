@@ -110,9 +110,12 @@ class SimilarityStrategy(ABC):
         column_major_bank: a bank of these embeddings should be stored ``[D,N]``
             contiguous (and passed as its ``[N,D]`` transposed view): the query-bank
             product then runs as a straight matrix-vector product over the bank.
+        cpu_only: ``embed`` is plain CPU work on the keyframe pair and touches no
+            model (nor the GPU): a keyframe's analysis may run on a worker thread.
     """
 
     column_major_bank: ClassVar[bool] = False
+    cpu_only: ClassVar[bool] = True
     name: ClassVar[str]
     needs_image: ClassVar[bool]
     needs_latent: ClassVar[bool]
@@ -336,6 +339,7 @@ class EncoderStrategy(CosineStrategy):
 
     needs_image = True
     needs_latent = False
+    cpu_only = False
 
     def __init__(self, encoder: ImageEncoder) -> None:
         """Args:

@@ -1,11 +1,12 @@
-"""How many torch CPU threads to leave the executor while the frame writer encodes.
+"""How many torch CPU threads to leave the executor beside the pack's two worker threads.
 
 When torch's intra-op pool has one thread per usable core, a busy frame-writer thread takes a core
 from it, and every parallel CPU op (the uint8 conversion, the slerp batch, the decoded images'
 copy to the CPU) waits at its barrier for the thread that lost its core. Measured on a 16-core
 H200 machine: such ops took 28-44 ms instead of under 1 ms while the writer encoded, and the
 dream loop ran 38.4 frames per second with 16 threads against 48.6 with 15
-(bench/recorded/h200-2026-11-26-threads/).
+(bench/recorded/h200-2026-11-26-threads/). The cache worker (``core.background``) is the second
+thread that keeps a core busy (for a few ms per keyframe, while the executor converts the frames).
 """
 
 from __future__ import annotations
@@ -15,23 +16,27 @@ import os
 ENV = "DREAM_WINDOW_TORCH_THREADS"
 """``auto`` (default), ``keep``, or a thread count."""
 
+RESERVED_CORES = 2
+"""The frame writer's core and the cache worker's."""
+
 MIN_CORES = 4
-"""Below this many cores ``auto`` leaves torch alone: one core is too large a share to give up."""
+"""Below this many cores ``auto`` leaves torch alone: two cores are too large a share to give up."""
 
 
 def planned_threads(current: int, usable_cores: int, accelerated: bool, setting: str | None) -> int | None:
     """The intra-op thread count to set, or None to leave torch's as it is.
 
-    ``auto`` (or unset) frees one core when the model runs on an accelerator (on the CPU the
-    sampler needs every core more than the writer does) and torch uses every usable core;
+    ``auto`` (or unset) frees ``RESERVED_CORES`` cores when the model runs on an accelerator (on
+    the CPU the sampler needs every core more than the workers do) and torch's threads would share
+    them;
     ``keep`` never changes anything; a whole number >= 1 is used as given.
     """
     value = (setting or "auto").strip().lower()
     if value == "keep":
         return None
     if value == "auto":
-        if accelerated and usable_cores >= MIN_CORES and current >= usable_cores:
-            return usable_cores - 1
+        if accelerated and usable_cores >= MIN_CORES and current > usable_cores - RESERVED_CORES:
+            return usable_cores - RESERVED_CORES
         return None
     if value.isdigit() and int(value) >= 1:
         return int(value)

@@ -52,7 +52,9 @@ class DreamWindowCache(io.ComfyNode):
                 io.String.Input("tuning", default="{}", multiline=True,
                                 tooltip="Advanced, JSON: override policy values, e.g. {\"injection_probability\": "
                                         "0.3, \"warmup_keyframes\": 20, \"windows\": {\"cosine\": [0.6, 0.9]}, "
-                                        "\"admission_mean\": {\"cosine\": 0.85}}."),
+                                        "\"admission_mean\": {\"cosine\": 0.85}}; \"background_analysis\": false "
+                                        "analyses each keyframe in the Commit node instead of beside the next "
+                                        "iteration."),
                 io.ClipVision.Input("clip_vision", optional=True,
                                     tooltip="For strategy clip_vision: a CLIP vision model from Load CLIP Vision."),
                 io.String.Input("open_clip_config", default="ViT-B-32", optional=True,

@@ -1,7 +1,8 @@
 """The per-session cache machinery behind the Dream Window Cache node.
 
 One ``CacheStore`` per cache folder (shared by the sessions that name it) and one
-``AestheticLoop`` per session, rebuilt when the cache node's settings change.
+``AestheticLoop`` per session, rebuilt when the cache node's settings change. A keyframe's
+analysis runs on a worker thread when its strategy only uses the CPU (``core.background``).
 """
 
 from __future__ import annotations
@@ -10,8 +11,10 @@ import json
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from ..core.aesthetic import AestheticLoop
+from ..core.background import PendingJobs
 from ..core.cache_store import CacheStore
 from ..core.session import SessionError, validate_name
 from ..core.similarity import StrategyUnavailableError, get_strategy, load_open_clip
@@ -45,6 +48,7 @@ class CacheRegistry:
         self.stores: dict[Path, CacheStore] = {}
         self.loops: dict[str, tuple[CacheHandle, AestheticLoop]] = {}
         self.encoders: dict[tuple, object] = {}
+        self.analyses = PendingJobs("dream_window_cache")
         self._lock = threading.Lock()
 
     @staticmethod
@@ -62,6 +66,7 @@ class CacheRegistry:
             known = self.loops.get(handle.session)
             if known is not None and known[0] == handle:
                 return known[1]
+            self.analyses.discard(handle.session)  # the replaced loop's last analysis
             strategy = get_strategy(handle.strategy, **({"encoder": encoder} if encoder is not None else {}))
             folder = self.folder(handle.name)
             store = self.stores.get(folder)
@@ -82,6 +87,23 @@ class CacheRegistry:
     def current(self, session: str) -> AestheticLoop | None:
         known = self.loops.get(session)
         return known[1] if known else None
+
+    def analyse(self, session: str, loop: AestheticLoop, job: Callable[[], None]) -> None:
+        """Run a keyframe's analysis: on the worker when the strategy only uses the CPU (a model
+        ComfyUI manages must stay on the executor) and the tuning allows it, else here."""
+        if loop.analyses_in_background:
+            self.analyses.submit(session, job)
+        else:
+            job()
+
+    def settle(self, session: str, node: str) -> None:
+        """Wait for the session's last analysis before its cache state is read."""
+        try:
+            self.analyses.settle(session)
+        except Exception as exc:
+            raise fail(node, f"the cache analysis of the last keyframe failed: {exc}; the loop retries it, "
+                             f"then pauses: fix the cause (or change the cache settings), then start the "
+                             f"session again") from exc
 
 
 CACHES = CacheRegistry()

@@ -163,6 +163,8 @@ class DreamWindowKeyframeSource(io.ComfyNode):
         plan = RUNTIME.plans.setdefault(session.name, {})
         plan.update(mode=mode, injected=False)
         loop = CACHES.current(session.name) if cache is not None else None
+        if loop is not None:
+            CACHES.settle(session.name, node)  # the last keyframe's analysis feeds this decision
         seeds = cls._seed_files(seed_folder)
         if mode == "interpolate" and loop is not None and seeds and vae is not None:
             cls._seed_walk_bank(loop, seeds, vae, width, height)
@@ -399,7 +401,8 @@ class DreamWindowCommit(io.ComfyNode):
         RUNTIME.mark(session.name, "decoded")
         plan = RUNTIME.plans.get(session.name, {})
         loop = CACHES.current(session.name) if cache is not None else None
-        if loop is not None:  # before the commit: a wrong similarity model must leave the state as it was
+        if loop is not None:  # before the commit: an analysis failing here leaves the state as it was
+            CACHES.settle(session.name, node)
             cls._offer_to_cache(loop, session.name, state.iteration + 1, batch, images, plan)
         elapsed = RUNTIME.span(session.name, "start", "decoded")
         with state.lock:
@@ -451,19 +454,25 @@ class DreamWindowCommit(io.ComfyNode):
 
     @staticmethod
     def _offer_to_cache(loop, name, keyframe, batch, images, plan) -> None:
-        """Embed the keyframe (and the pair's midpoint) in one batch; admit, analyse."""
+        """Embed the keyframe (and the pair's midpoint) in one batch; admit, analyse: on the cache
+        worker when the strategy allows it (the next keyframe source waits for it), else here."""
         rows = [batch.shape[0] - 1] + ([(batch.shape[0] - 1) // 2] if batch.shape[0] > 1 else [])
-        prompt = plan.get("prompt", ("",))[0]
+        latents, pair = batch[rows].to("cpu", torch.float32), images[rows].cpu()  # copies: the frames change below
+        injected, prompt = plan.get("injected", False), plan.get("prompt", ("",))[0]
+        admit, prefix = plan.get("mode") != "interpolate", log_prefix(name, "DreamWindowCommit")
+
+        def analyse() -> None:
+            with torch.inference_mode():
+                record = loop.after_keyframe(keyframe, latents, pair, injected=injected, prompt=prompt, admit=admit)
+            if record.get("cache_error"):
+                log.warning("%s: keyframe %d not cached, the loop goes on without caching: %s", prefix, keyframe,
+                            record["cache_error"])
+            RUNTIME.cache_stats[name] = loop.stats()
+
         try:
-            record = loop.after_keyframe(keyframe, batch[rows].to("cpu", torch.float32), images[rows].cpu(),
-                                         injected=plan.get("injected", False), prompt=prompt,
-                                         admit=plan.get("mode") != "interpolate")
+            CACHES.analyse(name, loop, analyse)
         except EmbeddingMismatchError as exc:
             raise fail("DreamWindowCommit", str(exc)) from exc
-        if record.get("cache_error"):
-            log.warning("%s: keyframe %d not cached, the loop goes on without caching: %s",
-                        log_prefix(name, "DreamWindowCommit"), keyframe, record["cache_error"])
-        RUNTIME.cache_stats[name] = loop.stats()
 
 
 class DreamWindowAutoQueue(io.ComfyNode):

@@ -76,7 +76,7 @@ class Runtime:
     def writer(self, session: Session, retention: int) -> FrameWriter:
         writer = self.writers.get(session.name)
         if writer is None:
-            self.leave_a_core_to_the_writer()
+            self.leave_cores_to_the_workers()
             publisher = self.publisher(session.name)
             writer = FrameWriter(session.frames_dir, retention, on_written=publisher.frames_written,
                                  on_pruned=publisher.frames_pruned)
@@ -84,7 +84,7 @@ class Runtime:
         writer.retention = retention
         return writer
 
-    def leave_a_core_to_the_writer(self) -> None:
+    def leave_cores_to_the_workers(self) -> None:
         """Once per process, on the executor thread, before the first frame writer starts
         (see ``core.threads``); a bad setting is logged and changes nothing."""
         if self.threads_checked:
@@ -99,8 +99,8 @@ class Runtime:
             return
         if threads is not None and threads != current:
             torch.set_num_threads(threads)
-            log.info("dream_window: torch CPU threads %d -> %d so the frame writer has a core of its own "
-                     "(%s=keep leaves them)", current, threads, THREADS_ENV)
+            log.info("dream_window: torch CPU threads %d -> %d so the frame writer and the cache worker have cores "
+                     "of their own (%s=keep leaves them)", current, threads, THREADS_ENV)
 
     def publisher(self, name: str) -> Publisher:
         """The session's playback and status writer (started on first use)."""

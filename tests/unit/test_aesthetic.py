@@ -114,3 +114,13 @@ def test_stats_report_cache_and_injections(tmp_path):
     assert stats.cache_size == 6 and stats.cache_injections == 2
     with pytest.raises(ValueError):
         loop.injected_latent(InjectionDecision(99, "none", "no injection"), latents(1, 1))
+
+
+def test_background_analysis_follows_the_strategy_and_the_tuning(tmp_path):
+    assert make(tmp_path).analyses_in_background  # latent_pool: CPU only
+    store = CacheStore(tmp_path / "off", get_strategy("latent_pool"), capacity=10)
+    assert not AestheticLoop.create(store, tuning={"background_analysis": False}).analyses_in_background
+    clip = CacheStore(tmp_path / "clip", get_strategy("clip_vision", encoder=lambda images: images.mean((1, 2))))
+    assert not AestheticLoop.create(clip).analyses_in_background  # a model ComfyUI manages
+    with pytest.raises(ValueError, match="background_analysis must be true or false, got 'no'"):
+        AestheticLoop.create(store, tuning={"background_analysis": "no"})
