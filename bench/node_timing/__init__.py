@@ -5,7 +5,7 @@ timestamps have millisecond resolution. This pack wraps the two functions that e
 
 * ``execution.PromptExecutor.execute_async``: every prompt's start and end
   (``time.perf_counter`` of the server process);
-* ``execution.execute``: every node's wall time, only while node timing is on. Then the
+* ``execution.execute``: every node's start and wall time, only while node timing is on. Then the
   device is synchronised before and after each node, so GPU work is charged to the node
   that queued it (this removes CPU/GPU overlap between nodes: measure per-iteration wall
   time with node timing off).
@@ -63,7 +63,7 @@ async def _timed_execute(server, dynprompt, caches, current_item, *args, **kwarg
         if profiler is not None:
             profiler.disable()
     _sync()
-    record["nodes"].append({"id": current_item, "class_type": class_type,
+    record["nodes"].append({"id": current_item, "class_type": class_type, "start": start,
                             "ms": (time.perf_counter() - start) * 1e3, "cached": cached})
     return result
 
