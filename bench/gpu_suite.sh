@@ -51,7 +51,7 @@ else
   interp=(--frames 2 4 --taesd-size 64x32 --kl-size 32x16 --repeats 1)
   loop=(--frames 2 --steps 2 --rounds 1 --iterations 2 --node-iterations 1)
   vs=(--frames 2 --steps 2 --keyframes 3); mem=(--iterations 20 --warmup 5)
-  fps=(--frames 2 --steps 2 --warmup 1 --iterations 2 --node-iterations 1); enc=(--rounds 1)
+  fps=(--frames 2 --steps 2 --warmup 1 --iterations 2 --node-iterations 2); enc=(--rounds 1)
   ops=(--repeats 2 --frames 2)
 fi
 server=("${device[@]}" --models "$models" --checkpoint "$ckpt" --front-end-root "$front" --python "$PY")
