@@ -14,6 +14,7 @@ import zipfile
 from pathlib import Path
 
 from harness.comfy_process import COMFYUI_DIR, HARNESS, REPO
+from worktree import snapshot
 
 COMFY_CLI = HARNESS / "cli-venv" / "bin" / "comfy"
 TORCH_LINE = re.compile(r"^\s*[\"']?torch(vision|audio)?\s*([<>=~!;\[].*)?[\"']?,?\s*$", re.IGNORECASE)
@@ -127,15 +128,8 @@ DEV_ONLY = ("tests", "bench", "harness", "client", ".ci", ".gitignore", ".comfyi
 def test_comfy_node_pack_ships_the_runtime_files_only(tmp_path):
     """The archive `comfy node publish` uploads (same code as `comfy node pack`): git-tracked files
     less .comfyignore, made from a git copy of this working tree."""
-    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO,
-                            capture_output=True, text=True, check=True).stdout.split("\0")
-    files = sorted(f for f in listed if f and (REPO / f).is_file())
     tree = tmp_path / "dream-window"
-    for name in files:
-        (tree / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(REPO / name, tree / name)
-    subprocess.run(["git", "init", "-q"], cwd=tree, check=True)
-    subprocess.run(["git", "add", "-A"], cwd=tree, check=True)
+    files = snapshot(tree)
     result = run_comfy_cli("pack", tree, tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     with zipfile.ZipFile(tree / "node.zip") as archive:
