@@ -29,6 +29,10 @@ def test_pyproject_has_registry_fields():
     assert not [d for d in project["dependencies"] if TORCH_LINE.match(d)], "torch must never be listed"
     assert comfy["PublisherId"] and comfy["DisplayName"] and comfy["Icon"]
     assert comfy["requires-comfyui"] == ">=0.3.75", "the oldest version the tests run against"
+    bundled = HARNESS / "ComfyUI" / "comfyui_version.py"
+    if bundled.exists():  # the harness's own ComfyUI (not one given in COMFYUI_DIR)
+        assert f'__version__ = "{comfy["requires-comfyui"][2:]}"' in bundled.read_text(), \
+            "requires-comfyui names the ComfyUI the harness builds and the tests run against"
 
 
 def requirement_lines() -> list[str]:
