@@ -89,3 +89,19 @@ def test_zip_export_of_a_range_holds_those_frames(comfy, big_session):
     assert status == 200 and headers["X-Dream-Window-Frames"] == "3"
     with zipfile.ZipFile(io.BytesIO(body)) as archive:
         assert [n for n in archive.namelist() if n.startswith("frames/")] == [f"frames/{p.name}" for p in frames[1:4]]
+
+
+def test_a_download_left_halfway_frees_the_export(comfy, big_session):
+    """A client that closes the connection mid-zip ends that export; the server goes on serving."""
+    log_start = comfy.log_path.stat().st_size
+    request = urllib.request.Request(f"{comfy.url}/dream_window/export", method="POST",
+                                     data=json.dumps({"session": SESSION, "format": "zip"}).encode(),
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=60) as response:
+        assert len(response.read(4 * 1024 * 1024)) == 4 * 1024 * 1024
+    status, body, _ = comfy.request("POST", "/dream_window/export",
+                                    json.dumps({"session": SESSION, "format": "zip", "last": 1}).encode(),
+                                    {"Content-Type": "application/json"})
+    assert status == 200 and zipfile.ZipFile(io.BytesIO(body)).testzip() is None
+    log = comfy.log_path.read_bytes()[log_start:].decode(errors="replace")
+    assert "Traceback" not in log and f"dream_window[{SESSION}]" not in log, log
