@@ -133,7 +133,8 @@ def write_session_zip(folder: Path, frames: Sequence[Path], sink: Callable[[byte
     match even while the loop commits; frames deleted meanwhile (retention) are left out.
     """
     with lock:
-        state = (folder / "state.json").read_bytes()
+        with os.fdopen(os.open(folder / "state.json", os.O_RDONLY | os.O_NOFOLLOW), "rb") as file:
+            state = file.read()  # a link planted in its place is an error (ELOOP), never followed
         latents_name = json.loads(state).get("latents_file")
         latents = (_open_file(folder / latents_name)
                    if isinstance(latents_name, str) and LATENTS_PATTERN.match(latents_name) else None)

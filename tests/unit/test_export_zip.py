@@ -7,6 +7,8 @@ import json
 import threading
 import zipfile
 
+import pytest
+
 from core.export import ZIP_CHUNK, write_session_zip
 
 
@@ -60,3 +62,15 @@ def test_a_latents_name_outside_the_pattern_is_not_read(tmp_path):
     write_session_zip(folder, paths, chunks.append)
     with zipfile.ZipFile(io.BytesIO(b"".join(chunks))) as archive:
         assert archive.namelist() == ["state.json", f"frames/{paths[0].name}"]
+
+
+def test_a_state_json_link_is_not_followed(tmp_path):
+    folder, paths = make_session(tmp_path, frames=1)
+    outside = tmp_path / "secret.json"
+    outside.write_text('{"secret": 1}')
+    (folder / "state.json").unlink()
+    (folder / "state.json").symlink_to(outside)
+    chunks = []
+    with pytest.raises(OSError):
+        write_session_zip(folder, paths, chunks.append)
+    assert b"secret" not in b"".join(chunks)
