@@ -52,8 +52,11 @@ class ComfyServer:
 
     def __init__(self, base: Path, port: int | None = None, env: dict | None = None,
                  extra_packs: dict[str, Path] | None = None, models: Path | None = None,
-                 python: str = sys.executable, listen: str = "127.0.0.1", cpu: bool = True):
+                 python: str = sys.executable, listen: str = "127.0.0.1", cpu: bool = True,
+                 comfyui_dir: Path = COMFYUI_DIR, link_pack: bool = True):
+        """``link_pack=False``: the pack is not linked in (e.g. a test installed it into ``custom_nodes``)."""
         self.base = Path(base)
+        self.comfyui_dir = Path(comfyui_dir)
         self.port = port or free_port()
         self.env = env or {}
         self.python = python
@@ -62,7 +65,7 @@ class ComfyServer:
         self.proc: subprocess.Popen | None = None
         self.client_id = uuid.uuid4().hex
         (self.base / "custom_nodes").mkdir(parents=True, exist_ok=True)
-        for name, target in {PACK_NAME: REPO, **(extra_packs or {})}.items():
+        for name, target in {**({PACK_NAME: REPO} if link_pack else {}), **(extra_packs or {})}.items():
             link = self.base / "custom_nodes" / name
             if not link.exists():
                 link.symlink_to(target, target_is_directory=True)
@@ -85,7 +88,7 @@ class ComfyServer:
         if self.cpu:
             cmd.append("--cpu")
         log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(cmd, cwd=COMFYUI_DIR, stdout=log, stderr=subprocess.STDOUT,
+        self.proc = subprocess.Popen(cmd, cwd=self.comfyui_dir, stdout=log, stderr=subprocess.STDOUT,
                                      env={**os.environ, **self.env}, start_new_session=True)
         deadline = time.time() + timeout
         while time.time() < deadline:

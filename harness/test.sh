@@ -4,6 +4,7 @@ set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 bash "$repo/harness/setup_comfyui.sh"
 bash "$repo/harness/setup_browser.sh"
+bash "$repo/harness/setup_manager.sh"
 H=${DW_HARNESS_DIR:-$repo/.harness}
 cd "$repo"
 # pytest exits 5 when it collected no test: that fails this script like any other non-zero exit.

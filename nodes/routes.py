@@ -15,7 +15,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from ..core.export import FORMATS, export_frames
+from ..core.export import FORMATS, export_frames, write_session_zip
 from ..core.frames import FRAME_RE, frame_name
 from ..core.session import SessionError, validate_name
 from . import comfy_adapter as comfy
@@ -305,14 +305,16 @@ async def _export(request: web.Request, name: str, body: dict) -> web.Response:
             return _error(400, f"{request.path}: {label} must be a frame index from 1 to {MAX_INDEX}")
     if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not 0 < fps <= 120:
         return _error(400, f"{request.path}: fps must be a number in (0, 120]")
-    if fmt not in FORMATS:
-        return _error(400, f"{request.path}: format must be one of {', '.join(FORMATS)}")
+    if fmt not in (*FORMATS, "zip"):
+        return _error(400, f"{request.path}: format must be one of {', '.join(FORMATS)}, zip")
     folder = RUNTIME.session(name).frames_dir
     if folder.is_symlink():
         return _error(409, f"{request.path}: {folder} is a link; remove it (frames are exported from the session "
                            f"folder only)")
     paths = sorted(p for p in folder.glob("frame_*.png") if FRAME_RE.match(p.name)
                    and (first is None or int(p.name[6:14]) >= first) and (last is None or int(p.name[6:14]) <= last))
+    if fmt == "zip":
+        return await _export_zip(request, name, paths)
     try:
         data = await asyncio.get_running_loop().run_in_executor(None, export_frames, paths, fmt, float(fps))
     except ValueError as exc:
@@ -321,6 +323,30 @@ async def _export(request: web.Request, name: str, body: dict) -> web.Response:
     return web.Response(body=data, content_type=FORMATS[fmt],
                         headers={"Content-Disposition": f'attachment; filename="{filename}"',
                                  "X-Dream-Window-Frames": str(len(paths))})
+
+
+async def _export_zip(request: web.Request, name: str, paths: list[Path]) -> web.StreamResponse:
+    """The session's state and frames as a zip, sent while it is written (bounded memory: core.export)."""
+    session = RUNTIME.session(name)
+    loop = asyncio.get_running_loop()
+    response = web.StreamResponse(headers={"Content-Type": "application/zip",
+                                           "Content-Disposition": f'attachment; filename="{name}.zip"',
+                                           "X-Dream-Window-Frames": str(len(paths))})
+    await response.prepare(request)
+
+    def send(chunk: bytes) -> None:  # on the export thread: waits until the socket took the chunk
+        asyncio.run_coroutine_threadsafe(response.write(chunk), loop).result()
+
+    try:
+        await loop.run_in_executor(None, write_session_zip, session.folder, paths, send, session.lock)
+    except ConnectionResetError:
+        return response  # the client went away; nothing else to do
+    except OSError as exc:
+        log.error("dream_window[%s]: %s: the zip export stopped (%s); the download is incomplete, export again",
+                  name, request.path, exc)
+        return response
+    await response.write_eof()
+    return response
 
 
 def register() -> None:

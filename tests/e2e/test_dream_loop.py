@@ -27,6 +27,13 @@ def session_history(comfy, name: str) -> int:
                       for node in entry["prompt"][2].values()))
 
 
+def shown_index(current) -> int:
+    """The index of the frame file ``current_frame.png`` is a hard link to (0: none)."""
+    inode = current.stat().st_ino
+    return next((int(p.name[6:14]) for p in (current.parent / "frames").glob("frame_*.png")
+                 if p.stat().st_ino == inode), 0)
+
+
 def queue_entries(comfy) -> int:
     q = comfy.get("/queue")
     return len(q["queue_running"]) + len(q["queue_pending"])
@@ -61,11 +68,16 @@ def test_queued_once_dreams_by_itself(comfy):
     frames = sorted((output / "dream_window" / "dream" / "frames").glob("frame_*.png"))
     assert frames[-1].name == f"frame_{frames_formula(k):08d}.png"
     assert len(frames) == min(128, frames_formula(k)), "retention limit"
-    # current_frame.png follows playback (3.5 fps): a hard link to the frame being shown.
+    # current_frame.png follows playback (3.5 fps, still playing the buffer): a hard link to the frame
+    # being shown, which /frame serves. Playback only moves on, so the link shows the served frame or
+    # an earlier one before the request, and reaches it (or a later one) after.
     current = output / "dream_window" / "dream" / "current_frame.png"
+    shown_before = shown_index(current)
     status, body, headers = comfy.request("GET", "/dream_window/frame/dream")
-    assert status == 200 and body == current.read_bytes()
-    assert current.stat().st_nlink >= 1 and int(headers["X-Dream-Window-Frame"]) >= 1
+    served = int(headers["X-Dream-Window-Frame"])
+    assert status == 200 and body == (current.parent / "frames" / f"frame_{served:08d}.png").read_bytes()
+    assert 1 <= shown_before <= served, (shown_before, served)
+    comfy.wait_for(lambda: shown_index(current) >= served, timeout=5, what="current_frame.png to show the served frame")
 
     src, out = captured(output, "cap_main", "src"), captured(output, "cap_main", "out")
     assert len(src) == len(out) == k
