@@ -9,7 +9,8 @@ and the injection policy together per keyframe, in the original's order:
 * ``after_keyframe(...)`` — once keyframe ``k`` is committed: embed it and the pair's
   midpoint in one batch, admit each into the cache by the diversity rule, feed the
   detector (after warm-up), and keep the keyframe's similarities to the cache for the next
-  decision. After an injected keyframe the detector is reset.
+  decision. An injected keyframe resets the detector before it is analysed (the original
+  resets right after the injection), so a forced injection's hold-off covers its verdict.
 
 Cache failures (a folder that cannot be written) are reported in the record and the loop
 goes on without caching; the detector and analysis live in memory (they warm up again
@@ -151,29 +152,36 @@ class AestheticLoop:
             log.warning("dream_window: keyframe %d not analysed: %s", keyframe, record["embedding_error"])
             self.analysis = None
             return record
-        if bank.shape[0]:
-            sims = strategy.metric_similarities(embeddings, bank)
-            sims = {metric: values.detach().cpu().numpy() for metric, values in sims.items()}
-        else:
-            sims = {metric: np.empty((embeddings.shape[0], 0)) for metric in strategy.metrics}
+        sims = self._similarities(embeddings, bank)
         if admit:
             self._admit(embeddings, sims, latents, images, prompt, keyframe, record)
+        if injected:  # before the injected keyframe is analysed, so a forced injection's hold-off covers it
+            self.detector.reset_after_injection()
         collapse = None
         if not self.policy.in_warmup(keyframe + 1):
             collapse = self.detector.analyze(embeddings[0])
             record["collapse"] = {"status": collapse.status, "action": collapse.action,
                                   "scaled_probability": collapse.scaled_probability}
-        if injected:
-            self.detector.reset_after_injection()
         self.analysis = Analysis(ids, {m: v[0] for m, v in sims.items()}, collapse, keyframe)
         return record
 
+    def _similarities(self, embeddings: torch.Tensor, bank: torch.Tensor) -> dict[str, np.ndarray]:
+        """``{metric: [K, M]}`` similarities of the K embeddings to the M cached ones."""
+        if not bank.shape[0]:
+            return {metric: np.empty((embeddings.shape[0], 0)) for metric in self.store.strategy.metrics}
+        sims = self.store.strategy.metric_similarities(embeddings, bank)
+        return {metric: values.detach().cpu().numpy() for metric, values in sims.items()}
+
     def _admit(self, embeddings, sims, latents, images, prompt, keyframe, record) -> None:
+        """Admit the keyframe, then the midpoint, each against the cache as it is then: the
+        midpoint is compared with the keyframe admitted (and whatever that evicted) before it."""
         sources = ("keyframe", "midpoint")
         wrote = False
         try:
             with self.store.batch():  # the index is written when the batch ends: that can fail too
                 for row in range(embeddings.shape[0]):
+                    if wrote:
+                        sims = self._similarities(embeddings, self.store.snapshot()[1])
                     verdict = self.admission.evaluate({m: v[row] for m, v in sims.items()})
                     if not verdict.accepted:
                         continue

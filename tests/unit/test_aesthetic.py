@@ -124,3 +124,40 @@ def test_background_analysis_follows_the_strategy_and_the_tuning(tmp_path):
     assert not AestheticLoop.create(clip).analyses_in_background  # a model ComfyUI manages
     with pytest.raises(ValueError, match="background_analysis must be true or false, got 'no'"):
         AestheticLoop.create(store, tuning={"background_analysis": "no"})
+
+
+def test_a_forced_injection_does_not_force_the_next_keyframe_again(tmp_path):
+    # The detector is reset after an injection before it analyses the injected keyframe (the order
+    # of test_collapse's hold-off test), so the forced injection's hold-off covers that keyframe's
+    # verdict: the next decision goes through the cooldown instead of forcing a second injection.
+    store = CacheStore(tmp_path / "cache", get_strategy("latent_pool"), capacity=10)
+    loop = AestheticLoop.create(store, admission_rule="always",
+                                tuning={"warmup_keyframes": 0, "injection_probability": 0.0, "injection_cooldown": 5,
+                                        "windows": {"cosine": [-1.0, 1.5]}})  # the frozen frames too
+    g = torch.Generator().manual_seed(0)
+    k = 0
+    for _ in range(30):  # unrelated frames, then a frozen picture: the detector forces an injection
+        k += 1
+        loop.after_keyframe(k, torch.randn(1, 4, 16, 16, generator=g), None, injected=False)
+    still = torch.randn(1, 4, 16, 16, generator=g)
+    while loop.analysis.collapse.action != "force_cache":
+        k += 1
+        loop.after_keyframe(k, still, None, injected=False)
+        assert k < 100, "the frozen picture never collapsed the detector"
+    forced = loop.decide(k + 1, seed_count=0)
+    assert forced.action == "cache" and forced.forced
+    loop.after_keyframe(k + 1, still, None, injected=True)
+    assert loop.analysis.collapse.action == "scale_injection" and "held off" in loop.analysis.collapse.reason
+    after = loop.decide(k + 2, seed_count=0)
+    assert (after.action, after.forced) == ("none", False) and "cooldown" in after.reason
+
+
+def test_the_midpoint_is_compared_with_the_keyframe_admitted_before_it(tmp_path):
+    store = CacheStore(tmp_path / "cache", get_strategy("latent_pool"), capacity=10)
+    loop = AestheticLoop.create(store, admission_rule="max")
+    twins = latents(1, 1).repeat(2, 1, 1, 1)  # a keyframe and a midpoint that is its duplicate
+    record = loop.after_keyframe(1, twins, None, injected=False)
+    assert [a["source"] for a in record["admitted"]] == ["keyframe"], "the duplicate midpoint stays out"
+    pair = torch.cat([latents(2, 1), -latents(2, 1)])  # a diverse pair: both enter
+    record = loop.after_keyframe(2, pair, None, injected=False)
+    assert [a["source"] for a in record["admitted"]] == ["keyframe", "midpoint"] and len(store) == 3
