@@ -84,6 +84,13 @@ class CacheRegistry:
             self.loops[handle.session] = (handle, loop)
             return loop
 
+    def forget(self, session: str) -> None:
+        """Drop the session's loop (its policy state, detector and analysis) once its last analysis
+        has finished; the cache folder's store stays (other sessions may share it)."""
+        with self._lock:
+            self.analyses.discard(session)
+            self.loops.pop(session, None)
+
     def current(self, session: str) -> AestheticLoop | None:
         known = self.loops.get(session)
         return known[1] if known else None
@@ -107,6 +114,7 @@ class CacheRegistry:
 
 
 CACHES = CacheRegistry()
+RUNTIME.forget_hooks.append(CACHES.forget)
 
 
 def image_encoder(strategy: str, clip_vision, open_clip_config: str, open_clip_weights: str):
