@@ -164,3 +164,34 @@ def test_a_retried_iteration_decides_as_if_it_never_failed(comfy, fresh_decision
                    and s["iteration"] >= KEYFRAMES and not comfy.get("/queue")["queue_running"], timeout=120,
                    what="the retried loop to reach its limit")
     assert decisions(comfy, "decide_retry") == fresh_decisions
+
+
+def test_cache_settings_apply_from_the_next_iteration(comfy):
+    wf = dream_workflow("resettle")
+    wf["3"]["inputs"].update(strategy="latent_pool", admission="always", capacity=4)
+    wf["10"]["inputs"]["max_iterations"] = 3
+    run_to_the_limit(comfy, wf, "resettle")  # 1 + 2 + 2 entries offered, 4 kept
+    info = comfy.get("/dream_window/cache/resettle")
+    assert (info["eviction"], info["capacity"], info["size"]) == ("fifo", 4, 4)
+    wf["3"]["inputs"].update(eviction="redundancy", capacity=2)
+    wf["10"]["inputs"]["max_iterations"] = 4
+    run_to_the_limit(comfy, wf, "resettle")
+    info = comfy.get("/dream_window/cache/resettle")
+    assert (info["eviction"], info["capacity"], info["size"]) == ("redundancy", 2, 2)
+    index = comfy.base / "output" / "dream_window_cache" / "resettle" / "metadata" / "cache_index.json"
+    assert {e["cache_id"] for e in json.loads(index.read_text())["entries"]} == {e["id"] for e in info["entries"]}
+    wf["3"]["inputs"].update(admission="max", tuning=json.dumps({"admission_max": {"cosine": -2.0}}))  # admits none
+    wf["10"]["inputs"]["max_iterations"] = 5
+    run_to_the_limit(comfy, wf, "resettle")
+    assert comfy.get("/dream_window/cache/resettle")["entries"] == info["entries"], "the new admission rule applies"
+
+    # A strategy change over entries embedded with another strategy is refused, saying how to go on.
+    wf["3"]["inputs"]["strategy"] = "dual_metric"
+    wf["10"]["inputs"]["enabled"] = False
+    comfy.queue(wf)
+    state = comfy.wait_for(lambda: (s := comfy.session("resettle")) and s["last_error"] and s, timeout=60,
+                           what="the strategy change to be refused")
+    message = state["last_error"]["message"]
+    folder = comfy.base / "output" / "dream_window_cache" / "resettle"
+    assert "DreamWindowCache" in message and "'latent_pool'" in message and "'dual_metric'" in message
+    assert "cache name" in message and f"delete {folder}" in message and state["iteration"] == 5
