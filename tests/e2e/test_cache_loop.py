@@ -195,3 +195,16 @@ def test_cache_settings_apply_from_the_next_iteration(comfy):
     folder = comfy.base / "output" / "dream_window_cache" / "resettle"
     assert "DreamWindowCache" in message and "'latent_pool'" in message and "'dual_metric'" in message
     assert "cache name" in message and f"delete {folder}" in message and state["iteration"] == 5
+
+
+def test_a_keyframe_and_its_duplicate_midpoint_enter_the_cache_once(comfy):
+    wf = dream_workflow("twins", autoqueue=False)
+    wf["5"]["inputs"]["denoise"] = 0.0  # the sampler returns its input: keyframe 2, and every frame between, is keyframe 1
+    wf["3"]["inputs"].update(strategy="latent_pool", admission="max", cache_name="twins_first")
+    assert changed_fields(wf) <= WHITELIST | {("3", "admission"), ("5", "denoise")}
+    for k, cache_name in ((1, "twins_first"), (2, "twins_second")):  # keyframe 2 meets an empty cache
+        wf["3"]["inputs"]["cache_name"] = cache_name
+        comfy.queue(wf)
+        comfy.wait_for(lambda: (s := comfy.session("twins")) and s["iteration"] == k
+                       and not comfy.get("/queue")["queue_running"], timeout=60, what=f"keyframe {k}")
+    assert [e["source"] for e in comfy.get("/dream_window/cache/twins")["entries"]] == ["keyframe"]
