@@ -199,7 +199,7 @@ def test_cache_settings_apply_from_the_next_iteration(comfy):
 
 def test_a_keyframe_and_its_duplicate_midpoint_enter_the_cache_once(comfy):
     wf = dream_workflow("twins", autoqueue=False)
-    wf["5"]["inputs"]["denoise"] = 0.0  # the sampler returns its input: keyframe 2, and every frame between, is keyframe 1
+    wf["5"]["inputs"]["denoise"] = 0.0  # the sampler returns its input: keyframe 2 and the midpoint are keyframe 1
     wf["3"]["inputs"].update(strategy="latent_pool", admission="max", cache_name="twins_first")
     assert changed_fields(wf) <= WHITELIST | {("3", "admission"), ("5", "denoise")}
     for k, cache_name in ((1, "twins_first"), (2, "twins_second")):  # keyframe 2 meets an empty cache
