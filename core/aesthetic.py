@@ -5,11 +5,14 @@ and the injection policy together per keyframe, in the original's order:
 
 * ``decide(k)`` — before keyframe ``k`` is made: warm-up, rate update from the last
   verdict, seed or cache injection (``core.injection``), drawn from a generator seeded by
-  ``(rng_seed, k)`` so a run replays exactly.
+  ``(rng_seed, k)`` so a run replays exactly. The decision moves a proposed copy of the
+  policy state; ``commit(k)`` (when keyframe ``k`` is committed) makes it the loop's, so a
+  keyframe that failed and is made again decides again from the same state, the same way.
 * ``after_keyframe(...)`` — once keyframe ``k`` is committed: embed it and the pair's
   midpoint in one batch, admit each into the cache by the diversity rule, feed the
   detector (after warm-up), and keep the keyframe's similarities to the cache for the next
-  decision. After an injected keyframe the detector is reset.
+  decision. An injected keyframe resets the detector before it is analysed (the original
+  resets right after the injection), so a forced injection's hold-off covers its verdict.
 
 Cache failures (a folder that cannot be written) are reported in the record and the loop
 goes on without caching; the detector and analysis live in memory (they warm up again
@@ -48,6 +51,15 @@ class Analysis:
 
 
 @dataclass
+class Proposal:
+    """The policy state as keyframe ``keyframe``'s decision left it, until that keyframe is committed."""
+
+    keyframe: int
+    policy: InjectionPolicy
+    decisions: list[dict]
+
+
+@dataclass
 class AestheticLoop:
     """Per-session cache/detector/policy state around one shared ``CacheStore``."""
 
@@ -60,6 +72,7 @@ class AestheticLoop:
     analysis: Analysis | None = None
     cache_error: str | None = None
     decisions: list[dict] = field(default_factory=list)
+    proposal: Proposal | None = None
 
     @classmethod
     def create(cls, store: CacheStore, *, admission_rule: str = "mean", admission_logic: str = "all",
@@ -89,8 +102,16 @@ class AestheticLoop:
         return np.random.default_rng([self.rng_seed, keyframe])
 
     # -- before a keyframe ------------------------------------------------------------
+    def _propose(self, keyframe: int) -> Proposal:
+        """A copy of the committed policy state for keyframe ``keyframe``'s decision to move."""
+        policy = InjectionPolicy(self.policy.config)
+        policy.load_state_dict(self.policy.state_dict())
+        self.proposal = Proposal(keyframe, policy, list(self.decisions))
+        return self.proposal
+
     def decide(self, keyframe: int, seed_count: int) -> InjectionDecision:
-        """The injection decision for keyframe ``keyframe`` (updates the policy state)."""
+        """The injection decision for keyframe ``keyframe``, from the committed policy state (the
+        state it leads to waits in :attr:`proposal` for :meth:`commit`)."""
         analysis = self.analysis
         if analysis is None or not analysis.ids:
             ids, sims = (), {metric: np.empty(0) for metric in self.store.strategy.metrics}
@@ -99,9 +120,10 @@ class AestheticLoop:
             ids = tuple(analysis.ids[i] for i in live)
             sims = {metric: np.asarray(values)[live] for metric, values in analysis.similarities.items()}
         collapse = analysis.collapse if analysis is not None else None
-        decision = self.policy.decide(keyframe, self.rng(keyframe), cache_ids=ids, similarities=sims,
-                                      seed_count=seed_count, collapse=collapse)
-        self.decisions = (self.decisions + [decision.to_dict()])[-RECENT_DECISIONS_KEPT:]
+        proposal = self._propose(keyframe)
+        decision = proposal.policy.decide(keyframe, self.rng(keyframe), cache_ids=ids, similarities=sims,
+                                          seed_count=seed_count, collapse=collapse)
+        proposal.decisions = (proposal.decisions + [decision.to_dict()])[-RECENT_DECISIONS_KEPT:]
         return decision
 
     def injected_latent(self, decision: InjectionDecision, current: torch.Tensor) -> torch.Tensor:
@@ -116,7 +138,8 @@ class AestheticLoop:
         return blend_latents(seed, current, self.policy.config.seed_blend_weight)
 
     def walk_target(self, keyframe: int, current_id: str | None) -> tuple[str, torch.Tensor] | None:
-        """Interpolate mode: the next cached keyframe to slerp towards, and its latent."""
+        """Interpolate mode: the next cached keyframe to slerp towards, and its latent (the
+        recent ids it moves wait for :meth:`commit`, like a decision's)."""
         ids, bank = self.store.snapshot()
         with_latent = [i for i, entry_id in enumerate(ids) if self.store.get(entry_id).has_latent]
         if not with_latent:
@@ -125,12 +148,13 @@ class AestheticLoop:
         bank = bank[with_latent]
         anchor = bank[ids.index(current_id)] if current_id in ids else bank[-1]
         sims = self.store.strategy.metric_similarities(anchor.reshape(1, -1), bank)
+        proposal = self._propose(keyframe)
         choice = choose_walk_target(ids, {m: v[0] for m, v in sims.items()}, self.policy.config.windows,
                                     self.rng(keyframe), current_id=current_id,
-                                    recent_ids=self.policy.state.recent_ids)
+                                    recent_ids=proposal.policy.state.recent_ids)
         if choice is None:
             return None
-        self.policy.state.recent_ids.append(choice.entry_id)
+        proposal.policy.state.recent_ids.append(choice.entry_id)
         return choice.entry_id, self.store.load_latent(choice.entry_id)
 
     # -- after a keyframe -------------------------------------------------------------
@@ -151,29 +175,36 @@ class AestheticLoop:
             log.warning("dream_window: keyframe %d not analysed: %s", keyframe, record["embedding_error"])
             self.analysis = None
             return record
-        if bank.shape[0]:
-            sims = strategy.metric_similarities(embeddings, bank)
-            sims = {metric: values.detach().cpu().numpy() for metric, values in sims.items()}
-        else:
-            sims = {metric: np.empty((embeddings.shape[0], 0)) for metric in strategy.metrics}
+        sims = self._similarities(embeddings, bank)
         if admit:
             self._admit(embeddings, sims, latents, images, prompt, keyframe, record)
+        if injected:  # before the injected keyframe is analysed, so a forced injection's hold-off covers it
+            self.detector.reset_after_injection()
         collapse = None
         if not self.policy.in_warmup(keyframe + 1):
             collapse = self.detector.analyze(embeddings[0])
             record["collapse"] = {"status": collapse.status, "action": collapse.action,
                                   "scaled_probability": collapse.scaled_probability}
-        if injected:
-            self.detector.reset_after_injection()
         self.analysis = Analysis(ids, {m: v[0] for m, v in sims.items()}, collapse, keyframe)
         return record
 
+    def _similarities(self, embeddings: torch.Tensor, bank: torch.Tensor) -> dict[str, np.ndarray]:
+        """``{metric: [K, M]}`` similarities of the K embeddings to the M cached ones."""
+        if not bank.shape[0]:
+            return {metric: np.empty((embeddings.shape[0], 0)) for metric in self.store.strategy.metrics}
+        sims = self.store.strategy.metric_similarities(embeddings, bank)
+        return {metric: values.detach().cpu().numpy() for metric, values in sims.items()}
+
     def _admit(self, embeddings, sims, latents, images, prompt, keyframe, record) -> None:
+        """Admit the keyframe, then the midpoint, each against the cache as it is then: the
+        midpoint is compared with the keyframe admitted (and whatever that evicted) before it."""
         sources = ("keyframe", "midpoint")
         wrote = False
         try:
             with self.store.batch():  # the index is written when the batch ends: that can fail too
                 for row in range(embeddings.shape[0]):
+                    if wrote:
+                        sims = self._similarities(embeddings, self.store.snapshot()[1])
                     verdict = self.admission.evaluate({m: v[row] for m, v in sims.items()})
                     if not verdict.accepted:
                         continue
@@ -216,8 +247,18 @@ class AestheticLoop:
     def trend(self) -> dict:
         return {metric: vars(t) for metric, t in self.detector.trend().items()}
 
-    def policy_state(self) -> dict:
-        return {"injection": self.policy.state_dict(), "decisions": self.decisions}
+    def policy_state(self, keyframe: int | None = None) -> dict:
+        """The policy state to persist with keyframe ``keyframe``: with its proposed decision."""
+        policy, decisions = self.policy, self.decisions
+        if self.proposal is not None and self.proposal.keyframe == keyframe:
+            policy, decisions = self.proposal.policy, self.proposal.decisions
+        return {"injection": policy.state_dict(), "decisions": decisions}
+
+    def commit(self, keyframe: int) -> None:
+        """Keyframe ``keyframe`` is committed: the policy state its decision proposed becomes the loop's."""
+        if self.proposal is not None and self.proposal.keyframe == keyframe:
+            self.policy, self.decisions = self.proposal.policy, self.proposal.decisions
+        self.proposal = None
 
     def load_policy_state(self, state: Mapping[str, Any]) -> None:
         if "injection" in state:

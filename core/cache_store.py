@@ -463,7 +463,8 @@ class CacheStore:
         name = self.directory.name
         return EmbeddingMismatchError(
             f"cache '{name}' {detail}. Choose a new cache name (e.g. "
-            f"'{name}_{self.strategy.name}') or the similarity model the cache was built with."
+            f"'{name}_{self.strategy.name}') or the similarity model the cache was built with, or "
+            f"delete {self.directory} to rebuild the cache from new keyframes with this one."
         )
 
     def add(
@@ -602,6 +603,23 @@ class CacheStore:
             if evicted:
                 self._index_changed()
             return evicted
+
+    def set_eviction(self, eviction: str) -> None:
+        """Change the eviction policy; the next eviction (``set_capacity``, ``add``) uses it."""
+        with self._lock:
+            if eviction != self._bank.eviction:
+                bank = self._bank
+                self._fill_bank(eviction, bank.dim, list(bank.ids), bank.embeddings,
+                                [bank.seq_of(entry_id) for entry_id in bank.ids])
+
+    def _fill_bank(
+        self, eviction: str, dim: int | None, ids: list[str], embeddings: torch.Tensor, seqs: list[int]
+    ) -> None:
+        """A new in-memory bank with this eviction policy, holding these entries."""
+        bank = EmbeddingBank(self.strategy, eviction, dim=dim)
+        if ids:
+            bank.add_many(ids, embeddings, seqs)
+        self._bank = bank
 
     def load_latent(self, cache_id: str) -> torch.Tensor:
         """The stored latent of an entry (LookupError if it has none)."""
@@ -744,13 +762,13 @@ class CacheStore:
         loaded.sort(key=lambda item: item[0].seq)
         for entry, _ in loaded:
             self._remember(entry)
-        self._bank = EmbeddingBank(self.strategy, self._bank.eviction, dim=stored_dim)
-        if loaded:
-            self._bank.add_many(
-                [entry.cache_id for entry, _ in loaded],
-                torch.stack([vector for _, vector in loaded]),
-                [entry.seq for entry, _ in loaded],
-            )
+        self._fill_bank(
+            self._bank.eviction,
+            stored_dim,
+            [entry.cache_id for entry, _ in loaded],
+            torch.stack([vector for _, vector in loaded]) if loaded else torch.empty(0, 0),
+            [entry.seq for entry, _ in loaded],
+        )
         stored_next = header.get("next_seq")
         highest = max((entry.seq for entry, _ in loaded), default=-1)
         self._next_seq = max(highest + 1, stored_next if isinstance(stored_next, int) else 0)

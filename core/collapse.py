@@ -264,7 +264,8 @@ class CollapseDetector:
         return trends
 
     def reset_after_injection(self) -> None:
-        """Apply the reset policy; call once after every successful injection."""
+        """Apply the reset policy; call once after every successful injection, before the
+        injected keyframe is analysed (so a forced injection's hold-off covers its verdict)."""
         if self.reset_policy == "full":
             self._embeddings.clear()
             for history in self._similarities.values():

@@ -401,7 +401,8 @@ class InjectionPolicy:
             collapse: the detector's verdict for the last completed keyframe (None
                 during warm-up or without a detector).
 
-        After an injection, call the detector's ``reset_after_injection``.
+        After an injection, call the detector's ``reset_after_injection`` before it analyses
+        the injected keyframe.
         """
         cfg, state = self.config, self.state
         if self.in_warmup(keyframe):

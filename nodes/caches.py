@@ -61,7 +61,9 @@ class CacheRegistry:
         return folder
 
     def loop(self, handle: CacheHandle, encoder=None) -> AestheticLoop:
-        """The session's aesthetic loop for this cache configuration (rebuilt when it changes)."""
+        """The session's aesthetic loop for this cache configuration (rebuilt when it changes: a new
+        admission, capacity or eviction applies from here; a store built with another strategy
+        refuses to load, naming the way to rebuild it)."""
         with self._lock:
             known = self.loops.get(handle.session)
             if known is not None and known[0] == handle:
@@ -73,8 +75,9 @@ class CacheRegistry:
             if store is None or store.strategy.name != handle.strategy:
                 store = CacheStore(folder, strategy, capacity=handle.capacity, eviction=handle.eviction)
                 self.stores[folder] = store
-            else:
+            else:  # evict down to a smaller capacity with the eviction policy chosen now
                 store.strategy = strategy
+                store.set_eviction(handle.eviction)
                 store.set_capacity(handle.capacity)
             loop = AestheticLoop.create(store, admission_rule=handle.admission, admission_logic=handle.logic,
                                         tuning=json.loads(handle.tuning), rng_seed=handle.rng_seed)
@@ -83,6 +86,13 @@ class CacheRegistry:
                 loop.load_policy_state(session.policy)
             self.loops[handle.session] = (handle, loop)
             return loop
+
+    def forget(self, session: str) -> None:
+        """Drop the session's loop (its policy state, detector and analysis) once its last analysis
+        has finished; the cache folder's store stays (other sessions may share it)."""
+        with self._lock:
+            self.analyses.discard(session)
+            self.loops.pop(session, None)
 
     def current(self, session: str) -> AestheticLoop | None:
         known = self.loops.get(session)
@@ -107,6 +117,7 @@ class CacheRegistry:
 
 
 CACHES = CacheRegistry()
+RUNTIME.forget_hooks.append(CACHES.forget)
 
 
 def image_encoder(strategy: str, clip_vision, open_clip_config: str, open_clip_weights: str):

@@ -165,6 +165,7 @@ class DreamWindowKeyframeSource(io.ComfyNode):
         loop = CACHES.current(session.name) if cache is not None else None
         if loop is not None:
             CACHES.settle(session.name, node)  # the last keyframe's analysis feeds this decision
+            loop.proposal = None  # a failed attempt's decision is made again, never committed
         seeds = cls._seed_files(seed_folder)
         if mode == "interpolate" and loop is not None and seeds and vae is not None:
             cls._seed_walk_bank(loop, seeds, vae, width, height)
@@ -400,10 +401,11 @@ class DreamWindowCommit(io.ComfyNode):
                              f"{images.shape[0]}; wire the Interpolate node's output into VAE Decode")
         RUNTIME.mark(session.name, "decoded")
         plan = RUNTIME.plans.get(session.name, {})
+        keyframe = state.iteration + 1
         loop = CACHES.current(session.name) if cache is not None else None
         if loop is not None:  # before the commit: an analysis failing here leaves the state as it was
             CACHES.settle(session.name, node)
-            cls._offer_to_cache(loop, session.name, state.iteration + 1, batch, images, plan)
+            cls._offer_to_cache(loop, session.name, keyframe, batch, images, plan)
         elapsed = RUNTIME.span(session.name, "start", "decoded")
         with state.lock:
             stats = dict(state.stats)
@@ -420,7 +422,7 @@ class DreamWindowCommit(io.ComfyNode):
                 stats["last_decision"] = plan["decision"]
             updates = RUNTIME.commit_updates(state, stats, injected=plan.get("injected", False))
             if loop is not None:
-                updates["policy"] = dict(loop.policy_state(), walk_at=(plan.get("walk") or (None,))[0])
+                updates["policy"] = dict(loop.policy_state(keyframe), walk_at=(plan.get("walk") or (None,))[0])
             try:
                 first, _ = state.commit_keyframe(batch[-1:], int(seed), int(images.shape[0]), stats, updates)
             except OSError as exc:
@@ -430,6 +432,8 @@ class DreamWindowCommit(io.ComfyNode):
                 raise fail(node, f"cannot save the session state in {state.folder}: {exc}; the workflow holds "
                                  f"NaN or infinity in an input: fix that input, then start the session "
                                  f"again") from exc
+            if loop is not None:  # only now: a keyframe that failed before here decides again the same way
+                loop.commit(keyframe)
         shown = writer.last_written
         writer.submit(first, to_uint8(images))
         ui = None

@@ -106,7 +106,7 @@ async def control(request: web.Request) -> web.Response:
         sup.set_state("stopped")
     else:
         sup.set_state("idle")
-        RUNTIME.session(name).reset()
+        RUNTIME.reset(name)
     result.update(RUNTIME.session(name).summary())
     log.info("dream_window[%s]: %s", name, action)
     return web.json_response(result)

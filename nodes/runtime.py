@@ -13,6 +13,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -51,6 +52,7 @@ class Runtime:
         self.marks: dict[str, dict[str, float]] = {}
         self.plans: dict[str, dict] = {}
         self.cache_stats: dict[str, CacheStats] = {}
+        self.forget_hooks: list[Callable[[str], None]] = []
         self.started = time.monotonic()
         self.backend = comfy.ComfyBackend(SESSION_NODE)
         self.threads_checked = False
@@ -205,8 +207,24 @@ class Runtime:
             return False
         return session.state == "running" and session.prompt is not None
 
+    def forget_iterations(self, name: str) -> None:
+        """Drop everything the session's iterations keep in memory: what the ``forget_hooks`` hold
+        (the cache loop with its injection policy, detector and pending analysis), the marks, the
+        plan and the cache stats, so its next iteration starts as a fresh session's would.
+        Reset and delete both go through here."""
+        for hook in self.forget_hooks:  # first: a pending analysis may still write the cache stats
+            hook(name)
+        for per_session in (self.marks, self.plans, self.cache_stats):
+            per_session.pop(name, None)
+
+    def reset(self, name: str) -> None:
+        """Forget the session's keyframes (on disk and in memory); frame numbering goes on."""
+        self.session(name).reset()
+        self.forget_iterations(name)
+
     def forget(self, name: str) -> None:
         """Stop and drop a session's in-memory objects, then delete its folder."""
+        self.forget_iterations(name)
         self.supervisors.pop(name, None)
         writer = self.writers.pop(name, None)
         if writer is not None:

@@ -35,6 +35,7 @@ def test_admits_keyframe_and_midpoint_then_injects_a_blend(tmp_path):
     current = latents(3, 1)
     blend = loop.injected_latent(decision, current)
     assert torch.allclose(blend, 0.75 * loop.store.load_latent(decision.entry_id) + 0.25 * current)
+    loop.commit(3)
     assert loop.decisions[-1]["entry_id"] == decision.entry_id
 
 
@@ -91,6 +92,7 @@ def test_policy_state_round_trips(tmp_path):
     loop = make(tmp_path)
     loop.after_keyframe(1, latents(1), None, injected=False)
     loop.decide(2, 0)
+    loop.commit(2)
     again = make(tmp_path)
     again.load_policy_state(loop.policy_state())
     assert again.policy.state_dict() == loop.policy.state_dict() and again.decisions == loop.decisions
@@ -109,6 +111,7 @@ def test_stats_report_cache_and_injections(tmp_path):
     for k in range(1, 4):
         loop.after_keyframe(k, latents(k), None, injected=False)
         loop.decide(k + 1, 0)
+        loop.commit(k + 1)
     stats = loop.stats()
     # The first decision sees an empty cache (a keyframe is compared with the cache as it was before it).
     assert stats.cache_size == 6 and stats.cache_injections == 2
@@ -124,3 +127,61 @@ def test_background_analysis_follows_the_strategy_and_the_tuning(tmp_path):
     assert not AestheticLoop.create(clip).analyses_in_background  # a model ComfyUI manages
     with pytest.raises(ValueError, match="background_analysis must be true or false, got 'no'"):
         AestheticLoop.create(store, tuning={"background_analysis": "no"})
+
+
+def test_a_forced_injection_does_not_force_the_next_keyframe_again(tmp_path):
+    # The detector is reset after an injection before it analyses the injected keyframe (the order
+    # of test_collapse's hold-off test), so the forced injection's hold-off covers that keyframe's
+    # verdict: the next decision goes through the cooldown instead of forcing a second injection.
+    store = CacheStore(tmp_path / "cache", get_strategy("latent_pool"), capacity=10)
+    loop = AestheticLoop.create(store, admission_rule="always",
+                                tuning={"warmup_keyframes": 0, "injection_probability": 0.0, "injection_cooldown": 5,
+                                        "windows": {"cosine": [-1.0, 1.5]}})  # the frozen frames too
+    g = torch.Generator().manual_seed(0)
+    k = 0
+    for _ in range(30):  # unrelated frames, then a frozen picture: the detector forces an injection
+        k += 1
+        loop.after_keyframe(k, torch.randn(1, 4, 16, 16, generator=g), None, injected=False)
+    still = torch.randn(1, 4, 16, 16, generator=g)
+    while loop.analysis.collapse.action != "force_cache":
+        k += 1
+        loop.after_keyframe(k, still, None, injected=False)
+        assert k < 100, "the frozen picture never collapsed the detector"
+    forced = loop.decide(k + 1, seed_count=0)
+    assert forced.action == "cache" and forced.forced
+    loop.commit(k + 1)
+    loop.after_keyframe(k + 1, still, None, injected=True)
+    assert loop.analysis.collapse.action == "scale_injection" and "held off" in loop.analysis.collapse.reason
+    after = loop.decide(k + 2, seed_count=0)
+    assert (after.action, after.forced) == ("none", False) and "cooldown" in after.reason
+
+
+def test_the_midpoint_is_compared_with_the_keyframe_admitted_before_it(tmp_path):
+    store = CacheStore(tmp_path / "cache", get_strategy("latent_pool"), capacity=10)
+    loop = AestheticLoop.create(store, admission_rule="max")
+    twins = latents(1, 1).repeat(2, 1, 1, 1)  # a keyframe and a midpoint that is its duplicate
+    record = loop.after_keyframe(1, twins, None, injected=False)
+    assert [a["source"] for a in record["admitted"]] == ["keyframe"], "the duplicate midpoint stays out"
+    pair = torch.cat([latents(2, 1), -latents(2, 1)])  # a diverse pair: both enter
+    record = loop.after_keyframe(2, pair, None, injected=False)
+    assert [a["source"] for a in record["admitted"]] == ["keyframe", "midpoint"] and len(store) == 3
+
+
+def test_a_decision_moves_the_policy_state_only_when_its_keyframe_is_committed(tmp_path):
+    loop = make(tmp_path)
+    for k in (1, 2):  # the second keyframe is compared with a cache that holds the first
+        loop.after_keyframe(k, latents(k), None, injected=False)
+    committed = loop.policy_state()
+    first = loop.decide(3, seed_count=0)
+    assert first.action == "cache" and loop.policy_state() == committed, "nothing moves before the commit"
+    assert loop.policy_state(3)["injection"]["total_cache_injections"] == 1, "what the commit will persist"
+    again = loop.decide(3, seed_count=0)  # keyframe 3 failed and is made again
+    assert again == first
+    loop.commit(3)
+    assert loop.policy.state.last_cache_kf == 3 and [d["keyframe"] for d in loop.decisions] == [3]
+    loop.commit(3)  # nothing proposed: nothing changes
+    assert loop.policy.state.total_cache_injections == 1
+    walked = loop.walk_target(4, first.entry_id)
+    assert walked is not None and walked[0] not in loop.policy.state.recent_ids
+    loop.commit(4)
+    assert loop.policy.state.recent_ids[-1] == walked[0]

@@ -119,6 +119,7 @@ def test_background_analysis_gives_the_inline_decisions_and_cache(tmp_path, stra
                 analyse()
             else:
                 jobs.submit("s", analyse)
+            loop.commit(k)  # as the Commit node does once the keyframe is committed
         jobs.settle("s")
         keyframes = [entry.generation_params["keyframe"] for entry in store.entries()]
         results.append((decisions, keyframes, loop.detector.frames_analyzed))

@@ -223,8 +223,26 @@ def test_embedding_mismatch_offers_a_new_cache_name(tmp_path, pool):
         store.add(unit(1, 2, 3))
     assert "64-dim" in str(error.value) and "dreams_latent_pool" in str(error.value)
     dual = similarity.get_strategy("dual_metric")
-    with pytest.raises(cs.EmbeddingMismatchError, match="dreams_dual_metric"):
+    with pytest.raises(cs.EmbeddingMismatchError, match="dreams_dual_metric") as error:
         cs.CacheStore(tmp_path / "dreams", dual)
+    assert f"delete {tmp_path / 'dreams'} to rebuild" in str(error.value)
+
+
+def test_a_new_eviction_policy_applies_to_the_next_eviction(tmp_path, pool):
+    store = filled(tmp_path / "fifo", pool, 8, capacity=8)
+    built = filled(tmp_path / "redundancy", pool, 8, capacity=8, eviction="redundancy")  # the same embeddings
+    store.set_eviction("redundancy")
+    assert store.eviction == "redundancy"
+    store.set_capacity(3)
+    built.set_capacity(3)
+    kept = sorted(entry.seq for entry in store.entries())
+    assert kept == sorted(entry.seq for entry in built.entries()) and kept != [5, 6, 7], "not FIFO's choice"
+    assert cs.CacheStore(tmp_path / "fifo", pool).ids == store.ids
+    store.set_eviction("fifo")
+    store.add(unit(*range(1, 65)))
+    assert sorted(entry.seq for entry in store.entries()) == kept[1:] + [8], "FIFO evicts the oldest again"
+    with pytest.raises(ValueError, match="unknown eviction policy"):
+        store.set_eviction("lru")
 
 
 def test_unwritable_folder_is_a_clear_error(tmp_path, pool):
