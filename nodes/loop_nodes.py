@@ -357,7 +357,7 @@ class DreamWindowCommit(io.ComfyNode):
                                                    "keyframe; the next iteration starts from it)."),
                 io.Image.Input("images", tooltip="The same batch decoded (VAE Decode of the Interpolate node's "
                                                  "output)."),
-                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFF,
+                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFF, control_after_generate=False,
                              tooltip="The keyframe's sampler seed, recorded in the session (wire it from the "
                                      "keyframe source)."),
                 io.Int.Input("retention", default=128, min=1, max=1_000_000,
