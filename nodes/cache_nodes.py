@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
-
+from ..core.aesthetic import apply_tuning, parse_tuning
 from ..core.cache_store import EVICTION_POLICIES, CacheStoreError
 from ..core.session import SessionError, validate_name
-from ..core.similarity import STRATEGY_NAMES
+from ..core.similarity import STRATEGY_NAMES, strategy_class
 from . import comfy_adapter as comfy
 from .caches import CACHES, NODE, CacheHandle, image_encoder
 from .comfy_adapter import io
@@ -52,9 +51,12 @@ class DreamWindowCache(io.ComfyNode):
                 io.String.Input("tuning", default="{}", multiline=True,
                                 tooltip="Advanced, JSON: override policy values, e.g. {\"injection_probability\": "
                                         "0.3, \"warmup_keyframes\": 20, \"windows\": {\"cosine\": [0.6, 0.9]}, "
-                                        "\"admission_mean\": {\"cosine\": 0.85}}; \"background_analysis\": false "
-                                        "analyses each keyframe in the Commit node instead of beside the next "
-                                        "iteration."),
+                                        "\"admission_mean\": {\"cosine\": 0.85}}; the collapse detector's "
+                                        "\"collapse_thresholds\" ({\"cosine\": [convergence, force]}), "
+                                        "\"reset_policy\" (window, partial, full, none) and \"keep_recent\"; "
+                                        "\"background_analysis\": false analyses each keyframe in the Commit node "
+                                        "instead of beside the next iteration. Unknown keys and values out of "
+                                        "range are refused when the workflow is queued."),
                 io.ClipVision.Input("clip_vision", optional=True,
                                     tooltip="For strategy clip_vision: a CLIP vision model from Load CLIP Vision."),
                 io.String.Input("open_clip_config", default="ViT-B-32", optional=True,
@@ -67,21 +69,19 @@ class DreamWindowCache(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, cache_name=None, tuning=None, **kwargs):
-        error = widget_error(cls, kwargs)
+    def validate_inputs(cls, cache_name=None, strategy=None, tuning=None, **kwargs):
+        error = widget_error(cls, {"strategy": strategy, **kwargs})
         if error:
             return error
-        if cache_name:
-            try:
+        try:
+            if cache_name:
                 validate_name(cache_name, "cache name")
-            except SessionError as exc:
-                return f"{NODE}: {exc}"
-        if tuning is not None:
-            try:
-                if not isinstance(json.loads(tuning), dict):
-                    raise ValueError("not a JSON object")
-            except ValueError as exc:
-                return f"{NODE}: tuning must be a JSON object ({exc})"
+            if tuning is not None and strategy is not None:
+                apply_tuning(strategy_class(strategy), tuning)
+            elif tuning is not None:  # a linked strategy: its metrics are known at run time
+                parse_tuning(tuning)
+        except (SessionError, ValueError) as exc:
+            return f"{NODE}: {exc}"
         return True
 
     @classmethod
