@@ -188,9 +188,11 @@ class AestheticLoop:
         bank = bank[with_latent]
         anchor = bank[ids.index(current_id)] if current_id in ids else bank[-1]
         sims = self.store.strategy.metric_similarities(anchor.reshape(1, -1), bank)
-        choice = choose_walk_target(ids, {m: v[0] for m, v in sims.items()}, self.policy.config.windows,
+        config = self.policy.config
+        choice = choose_walk_target(ids, {m: v[0] for m, v in sims.items()}, config.windows,
                                     self.rng(keyframe), current_id=current_id,
-                                    recent_ids=self.policy.state.recent_ids)
+                                    recent_ids=self.policy.state.recent_ids, penalty=config.recent_penalty,
+                                    sharpness=config.weight_sharpness)
         if choice is None:
             return None
         self.policy.state.recent_ids.append(choice.entry_id)

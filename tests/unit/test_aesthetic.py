@@ -104,6 +104,21 @@ def test_walk_target_goes_to_another_cached_latent(tmp_path):
     assert entry_id != first_id and torch.equal(latent, loop.store.load_latent(entry_id))
 
 
+@pytest.mark.parametrize("penalty, recent_picked", [(1e-9, False), (1.0, True)])
+def test_the_walk_follows_the_tuned_recent_penalty(tmp_path, penalty, recent_picked):
+    """The interpolate walk weighs recently visited entries by the tuned recent_penalty, as injections do."""
+    store = CacheStore(tmp_path / "cache", get_strategy("latent_pool"), capacity=10)
+    loop = AestheticLoop.create(store, admission_rule="always", tuning={**FORCE, "recent_penalty": penalty})
+    loop.after_keyframe(1, latents(1, 3), None, injected=False)
+    current, recent, other = loop.store.ids[:3]
+    picks = set()
+    for keyframe in range(2, 42):
+        loop.policy.state.recent_ids.clear()
+        loop.policy.state.recent_ids.append(recent)
+        picks.add(loop.walk_target(keyframe, current)[0])
+    assert (recent in picks) is recent_picked and other in picks
+
+
 def test_stats_report_cache_and_injections(tmp_path):
     loop = make(tmp_path)
     for k in range(1, 4):
