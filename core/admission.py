@@ -23,6 +23,7 @@ from types import MappingProxyType
 import numpy as np
 import torch
 
+from .checks import number, per_metric
 from .similarity import SimilarityStrategy
 
 ADMISSION_RULES = ("mean", "max", "mean+max", "always")
@@ -81,8 +82,9 @@ class AdmissionPolicy:
                 "mean and max thresholds must name the same, non-empty set of metrics, got "
                 f"{sorted(self.mean_thresholds)} and {sorted(self.max_thresholds)}"
             )
-        object.__setattr__(self, "mean_thresholds", MappingProxyType(dict(self.mean_thresholds)))
-        object.__setattr__(self, "max_thresholds", MappingProxyType(dict(self.max_thresholds)))
+        for name, key in (("mean_thresholds", "admission_mean"), ("max_thresholds", "admission_max")):
+            checked = {m: number(f"{key} {m!r}", v) for m, v in getattr(self, name).items()}
+            object.__setattr__(self, name, MappingProxyType(checked))
 
     @classmethod
     def for_strategy(
@@ -95,15 +97,12 @@ class AdmissionPolicy:
         max_thresholds: Mapping[str, float] | None = None,
     ) -> AdmissionPolicy:
         """A policy with the strategy's default thresholds, optionally overridden per metric."""
-        means = {**strategy.defaults.admission_mean, **(mean_thresholds or {})}
-        maxes = {**strategy.defaults.admission_max, **(max_thresholds or {})}
-        unknown = (set(means) | set(maxes)) - set(strategy.metrics)
-        if unknown:
-            raise ValueError(
-                f"strategy '{strategy.name}' has metrics {list(strategy.metrics)}; "
-                f"no such metric: {sorted(unknown)}"
-            )
-        return cls(mean_thresholds=means, max_thresholds=maxes, rule=rule, logic=logic)
+        means = per_metric("admission_mean", {} if mean_thresholds is None else mean_thresholds, strategy,
+                           "threshold")
+        maxes = per_metric("admission_max", {} if max_thresholds is None else max_thresholds, strategy,
+                           "threshold")
+        return cls(mean_thresholds={**strategy.defaults.admission_mean, **means},
+                   max_thresholds={**strategy.defaults.admission_max, **maxes}, rule=rule, logic=logic)
 
     def evaluate(self, similarities: Mapping[str, np.ndarray | torch.Tensor]) -> AdmissionDecision:
         """Decide from the new frame's similarity to every cached entry.

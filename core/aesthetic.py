@@ -21,8 +21,10 @@ after a restart), the injection counters round-trip through ``policy_state``.
 
 from __future__ import annotations
 
+import difflib
+import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Mapping
 
 import numpy as np
@@ -30,14 +32,84 @@ import torch
 
 from .admission import AdmissionPolicy
 from .cache_store import CacheStore, CacheStoreError, EmbeddingMismatchError
+from .checks import flag, per_metric
 from .collapse import CollapseDetector, CollapseResult
 from .injection import (ACTION_CACHE, ACTION_NONE, ACTION_SEED, InjectionConfig, InjectionDecision,
                         InjectionPolicy, blend_latents, choose_walk_target)
+from .similarity import SimilarityStrategy
 from .status import CacheStats
 
 log = logging.getLogger("dream_window")
 
 RECENT_DECISIONS_KEPT = 20
+
+
+DETECTOR_KEYS = ("collapse_thresholds", "reset_policy", "keep_recent")
+TUNING_KEYS = tuple(sorted({f.name for f in fields(InjectionConfig)} | set(DETECTOR_KEYS)
+                           | {"admission_mean", "admission_max", "background_analysis"}))
+"""Every key the cache's ``tuning`` JSON may hold."""
+
+
+@dataclass(frozen=True)
+class Tuned:
+    """The policy objects one ``tuning`` gives for a strategy (admission at the default rule and logic)."""
+
+    admission: AdmissionPolicy
+    injection: InjectionConfig
+    detector: CollapseDetector
+    background_analysis: bool
+
+
+def parse_tuning(tuning: str | Mapping[str, Any] | None) -> dict[str, Any]:
+    """``tuning`` (JSON text, blank for none, or a mapping) as a dict of known keys.
+
+    Raises:
+        ValueError: not a JSON object, or a key that is not in :data:`TUNING_KEYS` (the
+            message lists them).
+    """
+    if tuning is None:
+        return {}
+    if isinstance(tuning, str):
+        try:
+            tuning = json.loads(tuning) if tuning.strip() else {}
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"tuning is not valid JSON ({exc}); write a JSON object such as "
+                             f'{{"injection_probability": 0.3}}') from None
+    if not isinstance(tuning, Mapping):
+        kinds = {type(None): "null", bool: "true or false", list: "a list", str: "a string", int: "a number",
+                 float: "a number"}
+        raise ValueError(f"tuning must be a JSON object such as {{\"injection_probability\": 0.3}}, got "
+                         f"{kinds.get(type(tuning), type(tuning).__name__)}")
+    for key in tuning:
+        if key not in TUNING_KEYS:
+            close = difflib.get_close_matches(str(key), TUNING_KEYS, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ValueError(f"unknown tuning key {key!r}{hint}; allowed keys: {', '.join(TUNING_KEYS)}")
+    return dict(tuning)
+
+
+def apply_tuning(strategy: SimilarityStrategy | type[SimilarityStrategy],
+                 tuning: str | Mapping[str, Any] | None) -> Tuned:
+    """The strategy's defaults with ``tuning`` applied: any :class:`InjectionConfig` field
+    (``windows`` per metric), the admission thresholds (``admission_mean``/``admission_max``,
+    per metric), the collapse detector (``collapse_thresholds`` per metric as
+    ``[convergence, force]``, ``reset_policy``, ``keep_recent``) and ``background_analysis``
+    (false: never on the worker, see :attr:`AestheticLoop.analyses_in_background`).
+
+    ``strategy`` may be the class (queue-time validation, no model loaded).
+
+    Raises:
+        ValueError: naming the key and what it allows.
+    """
+    values = parse_tuning(tuning)
+    background = flag("background_analysis", values.pop("background_analysis", True))
+    admission = AdmissionPolicy.for_strategy(strategy, mean_thresholds=values.pop("admission_mean", None),
+                                             max_thresholds=values.pop("admission_max", None))
+    detector = {key: values.pop(key) for key in DETECTOR_KEYS if key in values}
+    thresholds = per_metric("collapse_thresholds", detector.pop("collapse_thresholds", {}), strategy,
+                            "[convergence, force]")
+    detector = CollapseDetector(strategy, {**strategy.defaults.collapse, **thresholds}, **detector)
+    return Tuned(admission, InjectionConfig.for_strategy(strategy, **values), detector, background)
 
 
 @dataclass
@@ -76,21 +148,12 @@ class AestheticLoop:
 
     @classmethod
     def create(cls, store: CacheStore, *, admission_rule: str = "mean", admission_logic: str = "all",
-               tuning: Mapping[str, Any] | None = None, rng_seed: int = 0) -> "AestheticLoop":
-        """Build the loop with the strategy's defaults; ``tuning`` overrides policy fields
-        (e.g. ``{"injection_probability": 1.0, "warmup_keyframes": 0, "windows": {...}}``),
-        admission thresholds (``admission_mean``/``admission_max``: per-metric dicts) and
-        ``background_analysis`` (false: never on the worker, see :attr:`analyses_in_background`)."""
-        tuning = dict(tuning or {})
-        background = tuning.pop("background_analysis", True)
-        if not isinstance(background, bool):
-            raise ValueError(f"background_analysis must be true or false, got {background!r}")
-        strategy = store.strategy
-        admission = AdmissionPolicy.for_strategy(strategy, rule=admission_rule, logic=admission_logic,
-                                                 mean_thresholds=tuning.pop("admission_mean", None),
-                                                 max_thresholds=tuning.pop("admission_max", None))
-        config = InjectionConfig.for_strategy(strategy, **tuning)
-        return cls(store, admission, InjectionPolicy(config), CollapseDetector(strategy), rng_seed, background)
+               tuning: str | Mapping[str, Any] | None = None, rng_seed: int = 0) -> "AestheticLoop":
+        """Build the loop with the strategy's defaults and ``tuning`` (see :func:`apply_tuning`)."""
+        tuned = apply_tuning(store.strategy, tuning)
+        admission = replace(tuned.admission, rule=admission_rule, logic=admission_logic)
+        return cls(store, admission, InjectionPolicy(tuned.injection), tuned.detector, rng_seed,
+                   tuned.background_analysis)
 
     @property
     def analyses_in_background(self) -> bool:
@@ -148,10 +211,12 @@ class AestheticLoop:
         bank = bank[with_latent]
         anchor = bank[ids.index(current_id)] if current_id in ids else bank[-1]
         sims = self.store.strategy.metric_similarities(anchor.reshape(1, -1), bank)
+        config = self.policy.config
         proposal = self._propose(keyframe)
-        choice = choose_walk_target(ids, {m: v[0] for m, v in sims.items()}, self.policy.config.windows,
+        choice = choose_walk_target(ids, {m: v[0] for m, v in sims.items()}, config.windows,
                                     self.rng(keyframe), current_id=current_id,
-                                    recent_ids=proposal.policy.state.recent_ids)
+                                    recent_ids=proposal.policy.state.recent_ids, penalty=config.recent_penalty,
+                                    sharpness=config.weight_sharpness)
         if choice is None:
             return None
         proposal.policy.state.recent_ids.append(choice.entry_id)
@@ -266,4 +331,5 @@ class AestheticLoop:
         self.decisions = list(state.get("decisions", []))[-RECENT_DECISIONS_KEPT:]
 
 
-__all__ = ["ACTION_CACHE", "ACTION_NONE", "ACTION_SEED", "AestheticLoop", "Analysis"]
+__all__ = ["ACTION_CACHE", "ACTION_NONE", "ACTION_SEED", "TUNING_KEYS", "AestheticLoop", "Analysis", "Tuned",
+           "apply_tuning", "parse_tuning"]

@@ -48,11 +48,17 @@ from typing import Any
 import numpy as np
 import torch
 
+from .checks import choice, number, pair
 from .similarity import SimilarityStrategy
 
 logger = logging.getLogger(__name__)
 
 RESET_POLICIES = ("window", "partial", "full", "none")
+HISTORY_SIZE = 50
+SIMILARITY_HISTORY_SIZE = 100
+PAIR_WINDOW = 10
+MIN_SAMPLES = 40
+COMPARE_WINDOW = 20
 STATUS_OK = "ok"
 STATUS_CONVERGING = "converging"
 STATUS_COLLAPSED = "collapsed"
@@ -124,25 +130,20 @@ class CollapseDetector:
         strategy: SimilarityStrategy,
         thresholds: Mapping[str, tuple[float, float]] | None = None,
         *,
-        history_size: int = 50,
-        similarity_history_size: int = 100,
-        pair_window: int = 10,
-        min_samples: int = 40,
-        compare_window: int = 20,
         reset_policy: str = "window",
         keep_recent: int = 10,
     ) -> None:
         """Args:
         strategy: compares embeddings (its metrics name the thresholds).
         thresholds: ``{metric: (convergence, force)}``; defaults to the strategy's.
-        history_size: embeddings kept (50).
-        similarity_history_size: similarity samples kept per metric (100).
-        pair_window: newest embeddings whose consecutive pairs make one sample (10).
-        min_samples: samples needed before any verdict (40).
-        compare_window: samples in the early and the recent mean (20).
         reset_policy: ``"window"`` (default, the fix), ``"partial"``, ``"full"``
             or ``"none"``; see the module doc.
         keep_recent: history kept by ``partial``; force hold-off length of ``window``.
+
+        The history sizes are the original's: :data:`HISTORY_SIZE` embeddings,
+        :data:`SIMILARITY_HISTORY_SIZE` samples per metric, one sample per :data:`PAIR_WINDOW`
+        embeddings, a verdict from :data:`MIN_SAMPLES` samples comparing means of
+        :data:`COMPARE_WINDOW`.
         """
         chosen = dict(strategy.defaults.collapse if thresholds is None else thresholds)
         if set(chosen) != set(strategy.metrics):
@@ -150,32 +151,27 @@ class CollapseDetector:
                 f"collapse thresholds must cover exactly the metrics {list(strategy.metrics)} "
                 f"of strategy '{strategy.name}', got {sorted(chosen)}"
             )
-        for metric, (convergence, force) in chosen.items():
+        checked = {}
+        for metric, given in chosen.items():
+            convergence, force = checked[metric] = pair(
+                f"collapse_thresholds {metric!r}", given, ("convergence", "force")
+            )
             if not 0.0 <= convergence <= force:
                 raise ValueError(
-                    f"collapse thresholds for '{metric}' need 0 <= convergence <= force, "
-                    f"got {convergence} and {force}"
+                    f"collapse_thresholds {metric!r} needs 0 <= convergence <= force, got {list(given)}"
                 )
-        if reset_policy not in RESET_POLICIES:
-            raise ValueError(
-                f"unknown reset policy {reset_policy!r}; valid: {', '.join(RESET_POLICIES)}"
-            )
-        if pair_window < 2 or history_size < pair_window:
-            raise ValueError("need 2 <= pair_window <= history_size")
-        if not 1 <= compare_window <= min_samples <= similarity_history_size:
-            raise ValueError("need 1 <= compare_window <= min_samples <= similarity_history_size")
-        if keep_recent < 0:
-            raise ValueError("keep_recent must be >= 0")
+        choice("reset_policy", reset_policy, RESET_POLICIES)
+        number("keep_recent", keep_recent, 0, whole=True)
         self._strategy = strategy
-        self.thresholds: Mapping[str, tuple[float, float]] = MappingProxyType(chosen)
-        self.pair_window = pair_window
-        self.min_samples = min_samples
-        self.compare_window = compare_window
+        self.thresholds: Mapping[str, tuple[float, float]] = MappingProxyType(checked)
+        self.pair_window = PAIR_WINDOW
+        self.min_samples = MIN_SAMPLES
+        self.compare_window = COMPARE_WINDOW
         self.reset_policy = reset_policy
         self.keep_recent = keep_recent
-        self._embeddings: deque[torch.Tensor] = deque(maxlen=history_size)
+        self._embeddings: deque[torch.Tensor] = deque(maxlen=HISTORY_SIZE)
         self._similarities: dict[str, deque[float]] = {
-            metric: deque(maxlen=similarity_history_size) for metric in strategy.metrics
+            metric: deque(maxlen=SIMILARITY_HISTORY_SIZE) for metric in strategy.metrics
         }
         self._force_hold = 0
         self._last_action = ACTION_NONE

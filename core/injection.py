@@ -41,6 +41,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .checks import flag, number, pair, per_metric
 from .collapse import ACTION_FORCE, ACTION_SCALE, CollapseResult
 from .similarity import SimilarityStrategy
 
@@ -102,8 +103,7 @@ class InjectionConfig:
     seed_blend_weight: float = SEED_BLEND_WEIGHT
 
     def __post_init__(self) -> None:
-        check_windows(self.windows)
-        object.__setattr__(self, "windows", dict(self.windows))
+        object.__setattr__(self, "windows", check_windows(self.windows))
         probabilities = (
             "injection_probability",
             "force_seed_injection_frequency",
@@ -115,45 +115,39 @@ class InjectionConfig:
             "seed_blend_weight",
         )
         for name in probabilities:
-            value = getattr(self, name)
-            if not 0.0 <= value <= 1.0:
-                raise ValueError(f"{name} must be within [0, 1], got {value}")
+            number(name, getattr(self, name), 0, 1)
         for name in (
             "warmup_keyframes",
             "injection_cooldown",
             "seed_injection_cooldown",
             "seed_injection_boost_threshold",
         ):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+            number(name, getattr(self, name), 0, whole=True)
         for name in ("seed_injection_ramp", "recent_decisions", "collapse_history", "recent_ids"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not 0.0 < self.recent_penalty <= 1.0:
-            raise ValueError(f"recent_penalty must be within (0, 1], got {self.recent_penalty}")
-        if self.weight_sharpness < 0.0:
-            raise ValueError(f"weight_sharpness must be >= 0, got {self.weight_sharpness}")
+            number(name, getattr(self, name), 1, whole=True)
+        number("recent_penalty", self.recent_penalty, 0, 1, above=True)
+        number("weight_sharpness", self.weight_sharpness, 0)
+        flag("prioritise_trigger", self.prioritise_trigger)
 
     @classmethod
     def for_strategy(cls, strategy: SimilarityStrategy, **overrides: Any) -> InjectionConfig:
-        """The defaults with the strategy's candidate windows; ``overrides`` replace fields."""
-        windows = {**strategy.defaults.candidate_window, **overrides.pop("windows", {})}
-        if set(windows) != set(strategy.metrics):
-            raise ValueError(
-                f"windows must cover exactly the metrics {list(strategy.metrics)} of "
-                f"strategy '{strategy.name}', got {sorted(windows)}"
-            )
-        return cls(windows=windows, **overrides)
+        """The defaults with the strategy's candidate windows; ``overrides`` replace fields
+        (``windows`` per metric)."""
+        given = per_metric("windows", overrides.pop("windows", {}), strategy, "[low, high]")
+        return cls(windows={**strategy.defaults.candidate_window, **given}, **overrides)
 
 
-def check_windows(windows: Mapping[str, tuple[float, float]]) -> None:
-    """Validate per-metric ``(lo, hi)`` windows (non-empty, ``lo < hi``)."""
+def check_windows(windows: Mapping[str, Any]) -> dict[str, tuple[float, float]]:
+    """Per-metric ``(lo, hi)`` windows (non-empty, pairs of numbers, ``lo < hi``), as tuples."""
     if not windows:
         raise ValueError("at least one candidate window is needed")
+    checked = {}
     for metric, window in windows.items():
-        lo, hi = window
+        lo, hi = pair(f"windows {metric!r}", window)
         if not lo < hi:
-            raise ValueError(f"candidate window for '{metric}' needs lo < hi, got {window}")
+            raise ValueError(f"windows {metric!r} needs low < high, got {list(window)}")
+        checked[metric] = (lo, hi)
+    return checked
 
 
 @dataclass(frozen=True)

@@ -485,21 +485,24 @@ _REGISTRY: Mapping[str, type[SimilarityStrategy]] = MappingProxyType(
 STRATEGY_NAMES: tuple[str, ...] = tuple(sorted(_REGISTRY))
 
 
-def get_strategy(name: str, **kwargs: object) -> SimilarityStrategy:
-    """Instantiate a strategy by name; ``kwargs`` go to its constructor.
-
-    ``clip_vision`` and ``open_clip`` need ``encoder=`` (an :data:`ImageEncoder`).
+def strategy_class(name: str) -> type[SimilarityStrategy]:
+    """The strategy registered as ``name``: its metrics and defaults, without a model.
 
     Raises:
         ValueError: ``name`` is not a known strategy (the message lists the valid ones).
     """
     try:
-        cls = _REGISTRY[name]
+        return _REGISTRY[name]
     except KeyError:
         raise ValueError(
             f"unknown similarity strategy {name!r}; valid names: {', '.join(STRATEGY_NAMES)}"
         ) from None
-    return cls(**kwargs)
+
+
+def get_strategy(name: str, **kwargs: object) -> SimilarityStrategy:
+    """Instantiate a strategy by name (see :func:`strategy_class`); ``kwargs`` go to its
+    constructor. ``clip_vision`` and ``open_clip`` need ``encoder=`` (an :data:`ImageEncoder`)."""
+    return strategy_class(name)(**kwargs)
 
 
 __all__ = [
@@ -529,4 +532,5 @@ __all__ = [
     "open_clip_available",
     "phash_bits",
     "phash_hex",
+    "strategy_class",
 ]

@@ -37,10 +37,18 @@ COLUMNS = {"1": (40, 120), "2": (420, 60), "3": (860, 560), "4": (40, 420), "5":
            "7": (1240, 120), "8": (1240, 420), "9": (1600, 120), "10": (1600, 520), "11": (420, 980),
            "12": (420, 860)}
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+LEGACY_SEED_NAMES = ("seed", "noise_seed")
+"""INT inputs the frontend gives a "control after generate" widget unless the input says otherwise."""
 
 
 def is_widget(spec: list) -> bool:
     return isinstance(spec[0], list) or spec[0] in WIDGET_TYPES
+
+
+def has_control(name: str, spec: list) -> bool:
+    """Whether the frontend adds a "control after generate" widget after this input's widget."""
+    options = spec[1] if len(spec) > 1 else {}
+    return bool(options.get("control_after_generate", spec[0] == "INT" and name in LEGACY_SEED_NAMES))
 
 
 def input_specs(info: dict) -> list[tuple[str, list]]:
@@ -75,7 +83,7 @@ def build(object_info: dict, api: dict) -> dict:
                 inputs.append(entry)
             if is_widget(spec):
                 widgets.append(value if not linked else spec[1].get("default"))
-                if len(spec) > 1 and spec[1].get("control_after_generate"):
+                if has_control(name, spec):
                     widgets.append("fixed" if linked else "randomize")
         for slot, entry in enumerate(inputs):
             for link in links:

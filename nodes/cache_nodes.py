@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
-import json
-
+from ..core.aesthetic import apply_tuning
 from ..core.cache_store import EVICTION_POLICIES, CacheStoreError
-from ..core.session import SessionError, validate_name
-from ..core.similarity import STRATEGY_NAMES
+from ..core.session import SessionError
+from ..core.similarity import STRATEGY_NAMES, strategy_class
 from . import comfy_adapter as comfy
 from .caches import CACHES, NODE, CacheHandle, image_encoder
 from .comfy_adapter import io
-from .common import CATEGORY, CacheType, fail, session_input, widget_error
+from .common import CATEGORY, CacheType, fail, session_input
 from .runtime import RUNTIME
+
+DEFAULT_STRATEGY = "dual_metric"
+
+
+def tuning_refusal(strategy: str, tuning: str) -> str | None:
+    """Why ``tuning`` does not suit ``strategy``, as the node's error; None when it does."""
+    try:
+        apply_tuning(strategy_class(strategy), tuning)
+    except ValueError as exc:
+        return f"{NODE}: {exc}"
+    return None
 
 
 class DreamWindowCache(io.ComfyNode):
@@ -32,19 +42,19 @@ class DreamWindowCache(io.ComfyNode):
                 io.String.Input("cache_name", default="",
                                 tooltip="Cache folder under output/dream_window_cache/. Empty: private to this "
                                         "session (named after it); give several sessions one name to share it."),
-                io.Combo.Input("strategy", options=list(STRATEGY_NAMES), default="dual_metric",
-                               tooltip="How similarity is measured: dual_metric (the original's HSV histogram + "
-                                       "pHash, no model), latent_pool (free), clip_vision (CLIP_VISION input), "
-                                       "open_clip (a local open_clip weights file)."),
+                comfy.Choice("strategy", options=list(STRATEGY_NAMES), default=DEFAULT_STRATEGY,
+                             tooltip="How similarity is measured: dual_metric (the original's HSV histogram + "
+                                     "pHash, no model), latent_pool (free), clip_vision (CLIP_VISION input), "
+                                     "open_clip (a local open_clip weights file)."),
                 io.Int.Input("capacity", default=50, min=1, max=100000, tooltip="Entries kept (the original: 50)."),
-                io.Combo.Input("eviction", options=list(EVICTION_POLICIES), default="fifo",
-                               tooltip="fifo: drop the oldest (the original); redundancy: drop the entry most "
-                                       "similar to the rest."),
-                io.Combo.Input("admission", options=["mean", "max", "mean+max", "always"], default="mean",
-                               tooltip="mean: the original's mean-similarity rule; max also keeps near-duplicates "
-                                       "of any single entry out; always: admit everything."),
-                io.Combo.Input("logic", options=["all", "any"], default="all",
-                               tooltip="all: every metric must be diverse to admit (the original); any: one is enough."),
+                comfy.Choice("eviction", options=list(EVICTION_POLICIES), default="fifo",
+                             tooltip="fifo: drop the oldest (the original); redundancy: drop the entry most "
+                                     "similar to the rest."),
+                comfy.Choice("admission", options=["mean", "max", "mean+max", "always"], default="mean",
+                             tooltip="mean: the original's mean-similarity rule; max also keeps near-duplicates "
+                                     "of any single entry out; always: admit everything."),
+                comfy.Choice("logic", options=["all", "any"], default="all",
+                             tooltip="all: every metric must be diverse to admit (the original); any: one is enough."),
                 io.Boolean.Input("injection", default=True,
                                  tooltip="Off: cache and analyse only, never inject."),
                 io.Int.Input("rng_seed", default=0, min=0, max=2**31 - 1,
@@ -52,9 +62,12 @@ class DreamWindowCache(io.ComfyNode):
                 io.String.Input("tuning", default="{}", multiline=True,
                                 tooltip="Advanced, JSON: override policy values, e.g. {\"injection_probability\": "
                                         "0.3, \"warmup_keyframes\": 20, \"windows\": {\"cosine\": [0.6, 0.9]}, "
-                                        "\"admission_mean\": {\"cosine\": 0.85}}; \"background_analysis\": false "
-                                        "analyses each keyframe in the Commit node instead of beside the next "
-                                        "iteration."),
+                                        "\"admission_mean\": {\"cosine\": 0.85}}; the collapse detector's "
+                                        "\"collapse_thresholds\" ({\"cosine\": [convergence, force]}), "
+                                        "\"reset_policy\" (window, partial, full, none) and \"keep_recent\"; "
+                                        "\"background_analysis\": false analyses each keyframe in the Commit node "
+                                        "instead of beside the next iteration. Unknown keys and values out of "
+                                        "range are refused when the workflow is queued."),
                 io.ClipVision.Input("clip_vision", optional=True,
                                     tooltip="For strategy clip_vision: a CLIP vision model from Load CLIP Vision."),
                 io.String.Input("open_clip_config", default="ViT-B-32", optional=True,
@@ -67,22 +80,14 @@ class DreamWindowCache(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, cache_name=None, tuning=None, **kwargs):
-        error = widget_error(cls, kwargs)
-        if error:
-            return error
-        if cache_name:
-            try:
-                validate_name(cache_name, "cache name")
-            except SessionError as exc:
-                return f"{NODE}: {exc}"
-        if tuning is not None:
-            try:
-                if not isinstance(json.loads(tuning), dict):
-                    raise ValueError("not a JSON object")
-            except ValueError as exc:
-                return f"{NODE}: tuning must be a JSON object ({exc})"
-        return True
+    def validate_inputs(cls, tuning=None):
+        # ComfyUI lists a refusal once for every input this function names, so it names tuning alone and
+        # cannot see the strategy: a tuning no strategy accepts is refused here (with the default strategy's
+        # message); a metric the chosen strategy lacks, and a bad cache_name, are refused when the node runs.
+        if tuning is None:
+            return True
+        refusals = [tuning_refusal(name, tuning) for name in (DEFAULT_STRATEGY, *STRATEGY_NAMES)]
+        return True if None in refusals else refusals[0]
 
     @classmethod
     def fingerprint_inputs(cls, **kwargs):

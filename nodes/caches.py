@@ -7,7 +7,6 @@ analysis runs on a worker thread when its strategy only uses the CPU (``core.bac
 
 from __future__ import annotations
 
-import json
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,7 +79,7 @@ class CacheRegistry:
                 store.set_eviction(handle.eviction)
                 store.set_capacity(handle.capacity)
             loop = AestheticLoop.create(store, admission_rule=handle.admission, admission_logic=handle.logic,
-                                        tuning=json.loads(handle.tuning), rng_seed=handle.rng_seed)
+                                        tuning=handle.tuning, rng_seed=handle.rng_seed)
             session = RUNTIME.session(handle.session)
             with session.lock:
                 loop.load_policy_state(session.policy)

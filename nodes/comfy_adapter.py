@@ -28,7 +28,7 @@ except ImportError:  # pragma: no cover
 
 log = logging.getLogger("dream_window")
 
-__all__ = ["ComfyExtension", "io", "ui", "schema", "ComfyBackend", "server", "output_directory",
+__all__ = ["ComfyExtension", "io", "ui", "schema", "Choice", "ComfyBackend", "server", "output_directory",
            "input_directory", "executing_prompt_id", "executing_node_id", "current_client_id",
            "run_on_server_loop", "intermediate_device", "send_event", "routes", "model_path", "models_folders",
            "torch_device"]
@@ -40,6 +40,18 @@ def schema(**fields: Any) -> "io.Schema":
     """``io.Schema`` with the fields this ComfyUI knows; newer-only ones (``search_aliases``)
     are dropped on older servers instead of failing the whole pack's import."""
     return io.Schema(**{k: v for k, v in fields.items() if k in _SCHEMA_FIELDS})
+
+
+class Choice(io.Combo.Input):
+    """A combo input whose value ComfyUI checks against the options when the workflow is queued.
+
+    ComfyUI 0.3.75 makes that check (one "Value not in list" error naming the input) only for an input
+    whose type is the list of options, the original node API's form; a plain V3 combo's type is "COMBO"
+    and its value goes unchecked. The frontend reads both forms alike.
+    """
+
+    def get_io_type(self):
+        return list(self.options)
 
 
 def server() -> PromptServer:

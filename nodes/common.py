@@ -27,25 +27,9 @@ def log_prefix(session: str, node: str) -> str:
     return f"dream_window[{session}]: node {comfy.executing_node_id()} {node}"
 
 
-def widget_error(cls, values: dict) -> str | None:
-    """The first literal input of node class ``cls`` outside its declared options or range, as an
-    error naming the node and the allowed values; None when every value fits.
-
-    ComfyUI 0.3.75 never checks a V3 combo's options, and checks no min/max of the inputs a node's
-    ``validate_inputs`` receives, so the Dream Window nodes check their own widgets with this.
-    Linked inputs arrive as None (unknown before the run) and are skipped.
-    """
-    schema = cls.define_schema()
-    for spec in schema.inputs:
-        value = values.get(spec.id)
-        if value is None:
-            continue
-        shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
-        if isinstance(spec, io.Combo.Input) and value not in spec.options:
-            return f"{schema.node_id}: {spec.id} {shown} is not one of {', '.join(map(repr, spec.options))}"
-        if isinstance(spec, (io.Int.Input, io.Float.Input)):
-            number = isinstance(value, (int, float)) and not isinstance(value, bool)
-            if not number or not math.isfinite(value) or not (
-                    (spec.min is None or value >= spec.min) and (spec.max is None or value <= spec.max)):
-                return f"{schema.node_id}: {spec.id} must be a number from {spec.min} to {spec.max}, got {shown}"
-    return None
+def finite(node: str, **values: float) -> None:
+    """Refuse NaN in a FLOAT input when the node runs, naming the input. ComfyUI checks a FLOAT input's
+    min and max when the workflow is queued (infinity is refused there), but NaN passes both comparisons."""
+    for key, value in values.items():
+        if not math.isfinite(value):
+            raise fail(node, f"{key} must be a number, got {value}: give it a number")

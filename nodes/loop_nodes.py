@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import random
 import secrets
 from pathlib import Path
@@ -19,13 +18,14 @@ from ..core.session import SessionError, validate_name
 from . import comfy_adapter as comfy
 from .caches import CACHES
 from .comfy_adapter import io
-from .common import CATEGORY, CacheType, SessionType, fail, log_prefix, session_input, widget_error
+from .common import CATEGORY, CacheType, SessionType, fail, finite, log_prefix, session_input
 from .runtime import RUNTIME, SessionHandle
 
 log = logging.getLogger("dream_window")
 
 LATENT_SCALE = 8
 """Pixels per latent cell of SD-family VAEs; width and height must be multiples of it."""
+MIN_SIZE, MAX_SIZE = 64, 8192
 MODES = ("hybrid", "img2img", "interpolate")
 SEEDS_IN_WALK = 32
 """Seed images added to the cache for the interpolate walk, at most."""
@@ -55,10 +55,9 @@ class DreamWindowSession(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, name=None, **kwargs):
-        error = widget_error(cls, {"name": name, **kwargs})
-        if error:
-            return error
+    def validate_inputs(cls, name=None):
+        # ComfyUI lists a refusal once for every input this function names (and checks no min or max
+        # of those), so each node names only what ComfyUI cannot check itself: here the name.
         try:
             validate_name(name)
         except SessionError as exc:
@@ -71,6 +70,7 @@ class DreamWindowSession(io.ComfyNode):
 
     @classmethod
     def execute(cls, name, fps, min_buffer_seconds):
+        finite("DreamWindowSession", fps=fps, min_buffer_seconds=min_buffer_seconds)
         try:
             session = RUNTIME.session(validate_name(name), create=True)
         except SessionError as exc:
@@ -97,21 +97,21 @@ class DreamWindowKeyframeSource(io.ComfyNode):
             search_aliases=["feedback", "img2img loop", "previous keyframe"],
             inputs=[
                 session_input(),
-                io.Int.Input("width", default=512, min=64, max=8192, step=LATENT_SCALE,
+                io.Int.Input("width", default=512, min=MIN_SIZE, max=MAX_SIZE, step=LATENT_SCALE,
                              tooltip="Frame width in pixels (multiple of 8). Changing it mid-session needs a reset."),
-                io.Int.Input("height", default=256, min=64, max=8192, step=LATENT_SCALE,
+                io.Int.Input("height", default=256, min=MIN_SIZE, max=MAX_SIZE, step=LATENT_SCALE,
                              tooltip="Frame height in pixels (multiple of 8). Changing it mid-session needs a reset."),
                 io.Float.Input("denoise", default=0.2, min=0.0, max=1.0, step=0.01,
                                tooltip="How much each keyframe may change from the previous one (img2img denoise)."),
-                io.Combo.Input("seed_mode", options=["random", "sequence"], default="random",
-                               tooltip="random: a fresh random 32-bit seed per keyframe (the original's rule); "
-                                       "sequence: base_seed + iteration, so a run can be replayed."),
+                comfy.Choice("seed_mode", options=["random", "sequence"], default="random",
+                             tooltip="random: a fresh random 32-bit seed per keyframe (the original's rule); "
+                                     "sequence: base_seed + iteration, so a run can be replayed."),
                 io.Int.Input("base_seed", default=0, min=0, max=0xFFFFFFFF,
                              tooltip="First seed of the 'sequence' mode; ignored by 'random'."),
-                io.Combo.Input("mode", options=list(MODES), default="hybrid",
-                               tooltip="hybrid: keyframes plus interpolated frames (the original); img2img: "
-                                       "keyframes only; interpolate: no sampling at all, a slow slerp walk "
-                                       "between cached keyframes and seed images (needs a cache)."),
+                comfy.Choice("mode", options=list(MODES), default="hybrid",
+                             tooltip="hybrid: keyframes plus interpolated frames (the original); img2img: "
+                                     "keyframes only; interpolate: no sampling at all, a slow slerp walk "
+                                     "between cached keyframes and seed images (needs a cache)."),
                 io.String.Input("seed_folder", default="", optional=True,
                                 tooltip="Optional folder under ComfyUI's input folder with .png/.jpg/.webp seed "
                                         "images: the first keyframe, and the images seed injections blend in."),
@@ -132,8 +132,14 @@ class DreamWindowKeyframeSource(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, **kwargs):
-        return widget_error(cls, kwargs) or True
+    def validate_inputs(cls, width=None, height=None):
+        # ComfyUI checks no INT's step (the frontend rounds to it), nor the range of an input named here;
+        # naming both sizes lists a refusal twice, once per size.
+        for key, value in (("width", width), ("height", height)):
+            if isinstance(value, int) and not (MIN_SIZE <= value <= MAX_SIZE and value % LATENT_SCALE == 0):
+                return (f"DreamWindowKeyframeSource: {key} must be a multiple of {LATENT_SCALE} from {MIN_SIZE} "
+                        f"to {MAX_SIZE}, got {value}")
+        return True
 
     @classmethod
     def fingerprint_inputs(cls, **kwargs):
@@ -151,8 +157,7 @@ class DreamWindowKeyframeSource(io.ComfyNode):
         node = "DreamWindowKeyframeSource"
         if width % LATENT_SCALE or height % LATENT_SCALE:
             raise fail(node, f"width and height must be multiples of {LATENT_SCALE}, got {width}x{height}")
-        if not math.isfinite(denoise):
-            raise fail(node, "denoise must be a number between 0 and 1")
+        finite(node, denoise=denoise)
         if mode == "interpolate" and cache is None:
             raise fail(node, "mode 'interpolate' walks between cached keyframes: wire a Dream Window Cache "
                              "into 'cache'")
@@ -285,19 +290,15 @@ class DreamWindowInterpolate(io.ComfyNode):
                                 tooltip="The new keyframe: KSampler's output (not evaluated in interpolate mode)."),
                 io.Int.Input("frames", default=10, min=0, max=512,
                              tooltip="In-between frames per keyframe pair (endpoints excluded); 0 = keyframes only."),
-                io.Combo.Input("method", options=list(interpolation.METHODS), default="slerp",
-                               tooltip="slerp: spherical (keeps the latent's energy); lerp: straight line."),
-                io.Combo.Input("easing", options=list(interpolation.EASINGS), default="linear",
-                               tooltip="Spacing of the frames in time; linear is the original's."),
+                comfy.Choice("method", options=list(interpolation.METHODS), default="slerp",
+                             tooltip="slerp: spherical (keeps the latent's energy); lerp: straight line."),
+                comfy.Choice("easing", options=list(interpolation.EASINGS), default="linear",
+                             tooltip="Spacing of the frames in time; linear is the original's."),
             ],
             outputs=[io.Latent.Output("frames_out", display_name="frames",
                                       tooltip="In-between frames then the new keyframe, as one batch. The first "
                                               "iteration has no previous keyframe and emits the keyframe only.")],
         )
-
-    @classmethod
-    def validate_inputs(cls, **kwargs):
-        return widget_error(cls, kwargs) or True
 
     @classmethod
     def fingerprint_inputs(cls, **kwargs):
@@ -358,7 +359,7 @@ class DreamWindowCommit(io.ComfyNode):
                                                    "keyframe; the next iteration starts from it)."),
                 io.Image.Input("images", tooltip="The same batch decoded (VAE Decode of the Interpolate node's "
                                                  "output)."),
-                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFF,
+                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFF, control_after_generate=False,
                              tooltip="The keyframe's sampler seed, recorded in the session (wire it from the "
                                      "keyframe source)."),
                 io.Int.Input("retention", default=128, min=1, max=1_000_000,
@@ -371,10 +372,6 @@ class DreamWindowCommit(io.ComfyNode):
                                         tooltip="The session again, after this iteration is committed: wire it "
                                                 "into the autoqueue node.")],
         )
-
-    @classmethod
-    def validate_inputs(cls, **kwargs):
-        return widget_error(cls, kwargs) or True
 
     @classmethod
     def fingerprint_inputs(cls, **kwargs):
@@ -508,18 +505,12 @@ class DreamWindowAutoQueue(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, **kwargs):
-        return widget_error(cls, kwargs) or True
-
-    @classmethod
     def fingerprint_inputs(cls, **kwargs):
         return float("nan")
 
     @classmethod
     def execute(cls, session, enabled, max_iterations, min_delay, buffer_target):
-        for label, value in (("min_delay", min_delay), ("buffer_target", buffer_target)):
-            if not math.isfinite(value) or value < 0:
-                raise fail("DreamWindowAutoQueue", f"{label} must be a finite number of seconds >= 0")
+        finite("DreamWindowAutoQueue", min_delay=min_delay, buffer_target=buffer_target)
         state = RUNTIME.session(session.name)
         settings = {"enabled": bool(enabled), "max_iterations": int(max_iterations), "min_delay": float(min_delay),
                     "buffer_target": float(buffer_target)}

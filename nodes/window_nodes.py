@@ -8,7 +8,7 @@ from collections import OrderedDict
 from ..core import prompts
 from . import comfy_adapter as comfy
 from .comfy_adapter import io
-from .common import CATEGORY, fail, session_input, widget_error
+from .common import CATEGORY, fail, session_input
 from .runtime import RUNTIME
 
 CONDITIONING_CACHE = 8
@@ -61,10 +61,8 @@ class DreamWindowPrompts(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, themes=None, **kwargs):
-        error = widget_error(cls, kwargs)
-        if error:
-            return error
+    def validate_inputs(cls, themes=None):
+        # Named alone: ComfyUI lists a refusal once for every input this function names.
         if themes is None:
             return True
         try:

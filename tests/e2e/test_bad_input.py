@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import zlib
 
 import numpy as np
 import pytest
@@ -99,3 +100,52 @@ def test_sessions_route_lists_state(comfy):
     assert entry["disk_bytes"] > 0
     names = [s["session"] for s in comfy.get("/api/dream_window/sessions")["sessions"]]
     assert names == [s["session"] for s in listed]
+
+
+@pytest.mark.parametrize("node, key, value, entries, words", [
+    # ComfyUI lists a failed validate_inputs once per input the function names: the keyframe source
+    # names width and height (the multiple-of-8 check ComfyUI does not make), so a bad size is listed twice.
+    ("5", "width", 68, 2, ("DreamWindowKeyframeSource", "width must be a multiple of 8 from 64 to 8192, got 68")),
+    ("5", "height", 100, 2, ("DreamWindowKeyframeSource", "height must be a multiple of 8 from 64 to 8192, got 100")),
+    ("5", "base_seed", -1, 1, ("Value -1 smaller than min of 0", "base_seed")),
+    ("5", "seed_mode", "chaos", 1, ("seed_mode: 'chaos' not in ['random', 'sequence']",)),
+    ("5", "denoise", 1.5, 1, ("Value 1.5 bigger than max of 1.0", "denoise")),
+    ("4", "name", "../escape", 1, ("DreamWindowSession", "invalid session name")),
+    ("3", "tuning", '{"injection_probability": 0.3,}', 1,
+     ("DreamWindowCache", "tuning is not valid JSON", "line 1 column 31")),
+    ("3", "tuning", '[0.3]', 1, ("DreamWindowCache", "tuning must be a JSON object", "got a list")),
+    ("3", "tuning", '{"injection_prob": 0.3}', 1,
+     ("DreamWindowCache", "unknown tuning key 'injection_prob'", "injection_probability", "reset_policy",
+      "collapse_thresholds")),
+    ("3", "tuning", '{"injection_probability": "x"}', 1,
+     ("DreamWindowCache", "injection_probability must be a number from 0 to 1, got 'x'")),
+    ("3", "tuning", '{"injection_probability": 1.5}', 1,
+     ("DreamWindowCache", "injection_probability must be a number from 0 to 1, got 1.5")),
+    ("3", "tuning", '{"warmup_keyframes": 2.5}', 1,
+     ("DreamWindowCache", "warmup_keyframes must be a whole number >= 0, got 2.5")),
+    ("3", "tuning", '{"windows": {"color": [2.0, 1.0]}}', 1,
+     ("DreamWindowCache", "windows", "'color'", "needs low < high")),
+    ("3", "tuning", '{"reset_policy": "sometimes"}', 1,
+     ("DreamWindowCache", "reset_policy must be one of 'window', 'partial', 'full', 'none', got 'sometimes'")),
+    ("3", "tuning", '{"collapse_thresholds": {"colour": [0.1, 0.2]}}', 1,
+     ("DreamWindowCache", "collapse_thresholds", "'colour'", "'color', 'struct'")),
+    ("3", "strategy", "telepathy", 1, ("strategy: 'telepathy' not in", "'dual_metric'")),
+])
+def test_bad_value_is_refused_at_queue_time_with_one_clear_message(comfy, node, key, value, entries, words):
+    """Each bad value comes back from POST /prompt as HTTP 400 on its node, as one message naming the input (and,
+    for a tuning key, what it allows); ComfyUI repeats a validate_inputs message for each input the function
+    names, so the nodes name only the inputs ComfyUI does not check itself."""
+    name = f"queued_{zlib.crc32(f'{key}={value}'.encode())}"
+    wf = dream_workflow(name, autoqueue=False)
+    wf[node]["inputs"][key] = value
+    status, data = comfy.post_json("/prompt", {"prompt": wf})
+    assert status == 400, data
+    assert set(data["node_errors"]) == {node}, data["node_errors"]
+    errors = data["node_errors"][node]["errors"]
+    assert len(errors) == entries, errors
+    messages = {f'{error["message"]}: {error["details"].split(" - ", 1)[-1]}' for error in errors}
+    assert len(messages) == 1, messages
+    message = messages.pop()
+    for word in words:
+        assert word in message, (word, message)
+    assert comfy.session(name) is None, "nothing ran"

@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from harness.build_ui_workflow import has_control, input_specs, is_widget
 from harness.comfy_process import PACK_NAME, REPO
 
 pytestmark = pytest.mark.e2e
@@ -45,12 +46,7 @@ def test_js_and_templates_are_served(comfy):
 
 
 def widget_specs(info: dict):
-    order = info["input_order"]
-    for section in ("required", "optional"):
-        for name in order.get(section, []):
-            spec = info["input"][section][name]
-            if isinstance(spec[0], list) or spec[0] in {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}:
-                yield name, spec
+    return [(name, spec) for name, spec in input_specs(info) if is_widget(spec)]
 
 
 def check_value(node_type: str, name: str, spec: list, value):
@@ -80,7 +76,7 @@ def ui_to_api(ui: dict, object_info: dict) -> dict:
         inputs, values = {}, iter(node["widgets_values"])
         for name, spec in widget_specs(info):
             value = next(values)
-            if len(spec) > 1 and spec[1].get("control_after_generate"):
+            if has_control(name, spec):
                 assert next(values) in ("fixed", "randomize", "increment", "decrement")
             check_value(node["type"], name, spec, value)
             inputs[name] = value

@@ -4,7 +4,8 @@ route, and the fix); the server keeps running and the session's committed state 
 Node rows are small hand-built graphs posted to ``POST /prompt``: a value ComfyUI or the node's
 ``validate_inputs`` refuses comes back as HTTP 400 with ``node_errors`` (nothing runs, so
 ``state.json`` keeps its bytes); a value only the node can judge fails at run time and shows in
-the session's ``last_error`` (``state.json`` then records the error, never a keyframe). Route
+the session's ``last_error`` (``state.json`` then records the error, never a keyframe), or, when
+the session node itself fails before the session records the iteration, in ComfyUI's history. Route
 rows complement the e2e tests (``test_bad_input.py``, ``test_window_routes.py``), which already
 cover unknown actions and sessions, broken JSON, text/plain, GET on control routes and the
 frame/stream/export values they list.
@@ -110,6 +111,8 @@ class NodeRow:
     words: tuple[str, ...]
     runtime: bool = False
     """False: refused at validation (HTTP 400); True: fails when it runs (the session's last_error)."""
+    recorded: bool = True
+    """False: a run-time failure before the session records the iteration, read from ComfyUI's history."""
 
 
 NODE_ROWS = [
@@ -119,24 +122,24 @@ NODE_ROWS = [
     NodeRow("session-very-long-name", graph(s=session(name=LONG), out=show(["s", 0])),
             ("DreamWindowSession", "invalid session name", "1-64 characters")),
     NodeRow("session-fps-nan", graph(s=session(fps=NAN), out=show(["s", 0])),
-            ("DreamWindowSession", "fps must be a number from 0.1 to 120.0", "nan")),
+            ("DreamWindowSession", "fps must be a number, got nan"), runtime=True, recorded=False),
     NodeRow("session-fps-inf", graph(s=session(fps=INF), out=show(["s", 0])),
-            ("DreamWindowSession", "fps must be a number from 0.1 to 120.0", "inf")),
+            ("DreamWindowSession", "Value inf bigger than max of 120.0", "fps")),
     NodeRow("session-fps-wrong-type", graph(s=session(fps="fast"), out=show(["s", 0])),
-            ("DreamWindowSession", "Failed to convert an input value to a FLOAT value", "fps must be a number")),
+            ("DreamWindowSession", "Failed to convert an input value to a FLOAT value", "fps, fast")),
     NodeRow("session-negative-buffer", graph(s=session(min_buffer_seconds=-1.0), out=show(["s", 0])),
-            ("DreamWindowSession", "min_buffer_seconds must be a number from 0.0 to 600.0")),
+            ("DreamWindowSession", "Value -1.0 smaller than min of 0.0", "min_buffer_seconds")),
     # DreamWindowKeyframeSource
     NodeRow("source-width-not-multiple-of-8", graph(k=source(width=68), out=show(["k", 2])),
-            ("DreamWindowKeyframeSource", "multiples of 8"), runtime=True),
+            ("DreamWindowKeyframeSource", "width must be a multiple of 8 from 64 to 8192, got 68")),
     NodeRow("source-huge-width", graph(k=source(width=10**9), out=show(["k", 2])),
-            ("DreamWindowKeyframeSource", "width must be a number from 64 to 8192")),
+            ("DreamWindowKeyframeSource", "width must be a multiple of 8 from 64 to 8192")),
     NodeRow("source-negative-height", graph(k=source(height=-64), out=show(["k", 2])),
-            ("DreamWindowKeyframeSource", "height must be a number from 64 to 8192")),
+            ("DreamWindowKeyframeSource", "height must be a multiple of 8 from 64 to 8192")),
     NodeRow("source-denoise-nan", graph(k=source(denoise=NAN), out=show(["k", 2])),
-            ("DreamWindowKeyframeSource", "denoise must be a number from 0.0 to 1.0")),
+            ("DreamWindowKeyframeSource", "denoise must be a number, got nan"), runtime=True),
     NodeRow("source-unknown-seed-mode", graph(k=source(seed_mode="chaos"), out=show(["k", 2])),
-            ("DreamWindowKeyframeSource", "seed_mode 'chaos' is not one of 'random', 'sequence'")),
+            ("DreamWindowKeyframeSource", "Value not in list", "seed_mode: 'chaos' not in ['random', 'sequence']")),
     NodeRow("source-seed-folder-nul", graph(k=source(seed_folder="seeds\x00"), out=show(["k", 2])),
             ("DreamWindowKeyframeSource", "seed_folder", "not a usable folder name", "give a folder inside"),
             runtime=True),
@@ -148,10 +151,10 @@ NODE_ROWS = [
     # DreamWindowInterpolate
     NodeRow("interpolate-negative-frames", graph(l=load_latent("dw_bad_one.latent"),
                                                  i=interpolate(["l", 0], frames=-1), out=show(["i", 0])),
-            ("DreamWindowInterpolate", "frames must be a number from 0 to 512")),
+            ("DreamWindowInterpolate", "Value -1 smaller than min of 0", "frames")),
     NodeRow("interpolate-huge-frames", graph(l=load_latent("dw_bad_one.latent"),
                                              i=interpolate(["l", 0], frames=10**9), out=show(["i", 0])),
-            ("DreamWindowInterpolate", "frames must be a number from 0 to 512")),
+            ("DreamWindowInterpolate", "Value 1000000000 bigger than max of 512", "frames")),
     NodeRow("interpolate-zero-size-latent", graph(l=load_latent("dw_bad_zero.latent"), i=interpolate(["l", 0]),
                                                   out=show(["i", 0])),
             ("DreamWindowInterpolate", "(1, 4, 0, 0)", "set the sampler's batch size to 1"), runtime=True),
@@ -163,38 +166,40 @@ NODE_ROWS = [
             ("DreamWindowInterpolate", "does not match the previous one", "reset the session"), runtime=True),
     NodeRow("interpolate-unknown-method", graph(l=load_latent("dw_bad_one.latent"),
                                                 i=interpolate(["l", 0], method="cubic"), out=show(["i", 0])),
-            ("DreamWindowInterpolate", "method 'cubic' is not one of 'slerp', 'lerp'")),
+            ("DreamWindowInterpolate", "Value not in list", "method: 'cubic' not in ['slerp', 'lerp']")),
     # DreamWindowCommit
     NodeRow("commit-mismatched-batches", graph(l=load_latent("dw_bad_two.latent"), img=empty_image(3),
                                                c=commit(["l", 0], ["img", 0])),
             ("DreamWindowCommit", "but 3 images", "wire both here"), runtime=True),
     NodeRow("commit-zero-retention", graph(l=load_latent("dw_bad_one.latent"), img=empty_image(1),
                                            c=commit(["l", 0], ["img", 0], retention=0)),
-            ("DreamWindowCommit", "retention must be a number from 1 to 1000000")),
+            ("DreamWindowCommit", "Value 0 smaller than min of 1", "retention")),
     NodeRow("commit-negative-seed", graph(l=load_latent("dw_bad_one.latent"), img=empty_image(1),
                                           c=commit(["l", 0], ["img", 0], seed=-5)),
-            ("DreamWindowCommit", "seed must be a number from 0 to 4294967295")),
+            ("DreamWindowCommit", "Value -5 smaller than min of 0", "seed")),
     NodeRow("commit-nan-in-a-core-node", nan_in_sampler(),
             ("DreamWindowCommit", "cannot save the session state", "NaN or infinity in an input: fix that input"),
             runtime=True),
     # DreamWindowAutoQueue
     NodeRow("autoqueue-min-delay-nan", graph(a=autoqueue(min_delay=NAN)),
-            ("DreamWindowAutoQueue", "min_delay must be a number from 0.0 to 3600.0")),
+            ("DreamWindowAutoQueue", "min_delay must be a number, got nan"), runtime=True),
     NodeRow("autoqueue-buffer-target-inf", graph(a=autoqueue(buffer_target=INF)),
-            ("DreamWindowAutoQueue", "buffer_target must be a number from 0.0 to 3600.0")),
+            ("DreamWindowAutoQueue", "Value inf bigger than max of 3600.0", "buffer_target")),
     NodeRow("autoqueue-negative-max-iterations", graph(a=autoqueue(max_iterations=-1)),
-            ("DreamWindowAutoQueue", "max_iterations must be a number from 0 to 2147483647")),
+            ("DreamWindowAutoQueue", "Value -1 smaller than min of 0", "max_iterations")),
     NodeRow("autoqueue-max-iterations-wrong-type", graph(a=autoqueue(max_iterations="forever")),
-            ("DreamWindowAutoQueue", "Failed to convert an input value to a INT value", "max_iterations must be")),
+            ("DreamWindowAutoQueue", "Failed to convert an input value to a INT value", "max_iterations, forever")),
     # DreamWindowCache
     NodeRow("cache-name-traversal", with_cache(cache_name="../escape"),
-            ("DreamWindowCache", "invalid cache name", "letters, digits")),
+            ("DreamWindowCache", "invalid cache name", "letters, digits"), runtime=True),
     NodeRow("cache-tuning-not-an-object", with_cache(tuning="[1, 2]"),
             ("DreamWindowCache", "tuning must be a JSON object")),
+    NodeRow("cache-tuning-metric-of-another-strategy", with_cache(tuning='{"windows": {"cosine": [0.5, 0.9]}}'),
+            ("DreamWindowCache", "no such metric 'cosine'", "'dual_metric' has 'color', 'struct'"), runtime=True),
     NodeRow("cache-zero-capacity", with_cache(capacity=0),
-            ("DreamWindowCache", "capacity must be a number from 1 to 100000")),
+            ("DreamWindowCache", "Value 0 smaller than min of 1", "capacity")),
     NodeRow("cache-unknown-strategy", with_cache(strategy="telepathy"),
-            ("DreamWindowCache", "strategy 'telepathy' is not one of", "'dual_metric'")),
+            ("DreamWindowCache", "Value not in list", "strategy: 'telepathy' not in", "'dual_metric'")),
     NodeRow("cache-clip-vision-missing", with_cache(strategy="clip_vision"),
             ("DreamWindowCache", "needs a CLIP_VISION input", "wire a Load CLIP Vision node"), runtime=True),
     NodeRow("cache-open-clip-weights-missing", with_cache(strategy="open_clip", open_clip_weights="nowhere.pt"),
@@ -205,7 +210,7 @@ NODE_ROWS = [
     NodeRow("prompts-empty-themes", prompts(themes=""),
             ("DreamWindowPrompts", "theme list is empty", "write at least")),
     NodeRow("prompts-zero-interval", prompts(rotation_interval=0),
-            ("DreamWindowPrompts", "rotation_interval must be a number from 1 to 100000")),
+            ("DreamWindowPrompts", "Value 0 smaller than min of 1", "rotation_interval")),
     # DreamWindowCudaGraph
     NodeRow("cuda-graph-missing-model", {"g": {"class_type": "DreamWindowCudaGraph", "inputs": {"enabled": True}},
                                          "out": show(["g", 0])},
@@ -228,6 +233,13 @@ def badin(comfy):
     return folder
 
 
+def execution_error(comfy, prompt_id: str) -> str | None:
+    """The exception message ComfyUI's history holds for a failed prompt; None until it has one."""
+    status = (comfy.get(f"/history/{prompt_id}").get(prompt_id) or {}).get("status") or {}
+    return next((data["exception_message"] for event, data in status.get("messages", [])
+                 if event == "execution_error"), None)
+
+
 def committed(folder) -> dict:
     """Everything a keyframe commit changes."""
     state = json.loads((folder / "state.json").read_text())
@@ -247,9 +259,13 @@ def test_node_rejects_bad_input_with_a_clear_error(comfy, badin, row):
         assert (badin / "state.json").read_bytes() == state_bytes, "a refused prompt touches nothing"
     else:
         assert status == 200, data
-        error = comfy.wait_for(lambda: (e := comfy.session(S)["last_error"]) and e["at"] >= started and e,
-                               timeout=60, what=f"{row.id} to fail")
-        text = error["message"]
+        if row.recorded:
+            error = comfy.wait_for(lambda: (e := comfy.session(S)["last_error"]) and e["at"] >= started and e,
+                                   timeout=60, what=f"{row.id} to fail")
+            text = error["message"]
+        else:
+            text = comfy.wait_for(lambda: execution_error(comfy, data["prompt_id"]), timeout=60,
+                                  what=f"{row.id} to fail")
         assert committed(badin) == before, "a failed iteration commits nothing"
     for words in row.words:
         assert words in text, (row.id, words, text[:2000])

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from core import atomic
-from core.aesthetic import AestheticLoop
+from core.aesthetic import TUNING_KEYS, AestheticLoop
 from core.cache_store import CacheStore
 from core.injection import InjectionDecision
 from core.similarity import get_strategy
@@ -106,6 +106,21 @@ def test_walk_target_goes_to_another_cached_latent(tmp_path):
     assert entry_id != first_id and torch.equal(latent, loop.store.load_latent(entry_id))
 
 
+@pytest.mark.parametrize("penalty, recent_picked", [(1e-9, False), (1.0, True)])
+def test_the_walk_follows_the_tuned_recent_penalty(tmp_path, penalty, recent_picked):
+    """The interpolate walk weighs recently visited entries by the tuned recent_penalty, as injections do."""
+    store = CacheStore(tmp_path / "cache", get_strategy("latent_pool"), capacity=10)
+    loop = AestheticLoop.create(store, admission_rule="always", tuning={**FORCE, "recent_penalty": penalty})
+    loop.after_keyframe(1, latents(1, 3), None, injected=False)
+    current, recent, other = loop.store.ids[:3]
+    picks = set()
+    for keyframe in range(2, 42):
+        loop.policy.state.recent_ids.clear()
+        loop.policy.state.recent_ids.append(recent)
+        picks.add(loop.walk_target(keyframe, current)[0])
+    assert (recent in picks) is recent_picked and other in picks
+
+
 def test_stats_report_cache_and_injections(tmp_path):
     loop = make(tmp_path)
     for k in range(1, 4):
@@ -185,3 +200,51 @@ def test_a_decision_moves_the_policy_state_only_when_its_keyframe_is_committed(t
     assert walked is not None and walked[0] not in loop.policy.state.recent_ids
     loop.commit(4)
     assert loop.policy.state.recent_ids[-1] == walked[0]
+
+
+def test_the_detector_is_tunable_too(tmp_path):
+    store = CacheStore(tmp_path / "cache", get_strategy("dual_metric"), capacity=10)
+    loop = AestheticLoop.create(store, tuning={"reset_policy": "partial", "keep_recent": 4,
+                                               "collapse_thresholds": {"color": [0.2, 0.4]}})
+    assert loop.detector.reset_policy == "partial" and loop.detector.keep_recent == 4
+    assert dict(loop.detector.thresholds) == {"color": (0.2, 0.4), "struct": (0.08, 0.15)}  # struct: the default
+    assert AestheticLoop.create(store, tuning='{"reset_policy": "full"}').detector.reset_policy == "full"
+
+
+@pytest.mark.parametrize("tuning, words", [
+    ("{", ("tuning is not valid JSON", "line 1 column 2")),
+    ("7", ("tuning must be a JSON object", "got a number")),
+    ({"injection_prob": 0.3}, ("unknown tuning key 'injection_prob'", "allowed keys:", "admission_mean",
+                               "reset_policy", "windows")),
+    ({"injection_probability": "x"}, ("injection_probability must be a number from 0 to 1, got 'x'",)),
+    ({"injection_probability": True}, ("injection_probability must be a number from 0 to 1, got True",)),
+    ({"recent_penalty": 0}, ("recent_penalty must be a number above 0 and at most 1, got 0",)),
+    ({"seed_injection_ramp": 0}, ("seed_injection_ramp must be a whole number >= 1, got 0",)),
+    ({"prioritise_trigger": "yes"}, ("prioritise_trigger must be true or false, got 'yes'",)),
+    ({"windows": [1, 2]}, ("windows must be a JSON object of metric: [low, high]",)),
+    ({"windows": {"cosine": 0.5}}, ("windows 'cosine' must be a pair [low, high] of numbers, got 0.5",)),
+    ({"windows": {"color": [0.5, 0.9]}}, ("windows: no such metric 'color'", "strategy 'latent_pool'", "'cosine'")),
+    ({"admission_mean": {"cosine": "high"}}, ("admission_mean 'cosine' must be a number, got 'high'",)),
+    ({"collapse_thresholds": {"cosine": [0.3, 0.2]}},
+     ("collapse_thresholds 'cosine' needs 0 <= convergence <= force, got [0.3, 0.2]",)),
+    ({"reset_policy": "sometimes"}, ("reset_policy must be one of 'window', 'partial', 'full', 'none'",)),
+    ({"keep_recent": -1}, ("keep_recent must be a whole number >= 0, got -1",)),
+])
+def test_bad_tuning_names_the_key_and_what_it_allows(tmp_path, tuning, words):
+    store = CacheStore(tmp_path / "cache", get_strategy("latent_pool"), capacity=10)
+    with pytest.raises(ValueError) as caught:
+        AestheticLoop.create(store, tuning=tuning)
+    for word in words:
+        assert word in str(caught.value), (word, str(caught.value))
+
+
+@pytest.mark.parametrize("key", TUNING_KEYS)
+@pytest.mark.parametrize("value", ["x", None, [], {}, 1e400])
+def test_no_tuning_value_gives_a_bare_type_error(tmp_path, key, value):
+    """Every allowed key, given a value of the wrong kind, is refused with a message naming it (never a TypeError
+    from deep inside the policy)."""
+    store = CacheStore(tmp_path / "cache", get_strategy("dual_metric"), capacity=10)
+    try:
+        AestheticLoop.create(store, tuning={key: value})
+    except ValueError as exc:
+        assert key in str(exc)

@@ -221,7 +221,9 @@ def test_bad_configuration_is_refused():
         detector(thresholds={"color": (0.1, 0.2)})
     with pytest.raises(ValueError, match="convergence <= force"):
         detector(thresholds={"color": (0.3, 0.2), "struct": (0.08, 0.15)})
-    with pytest.raises(ValueError, match="unknown reset policy"):
+    with pytest.raises(ValueError, match="reset_policy must be one of 'window', 'partial', 'full', 'none'"):
         detector(reset_policy="sometimes")
-    with pytest.raises(ValueError, match="min_samples"):
-        detector(min_samples=200)
+    with pytest.raises(ValueError, match="keep_recent must be a whole number >= 0, got -1"):
+        detector(keep_recent=-1)
+    with pytest.raises(ValueError, match=r"collapse_thresholds 'color' must be a pair \[convergence, force\]"):
+        detector(thresholds={"color": "high", "struct": (0.08, 0.15)})
