@@ -94,7 +94,8 @@ def apply_tuning(strategy: SimilarityStrategy | type[SimilarityStrategy],
     (``windows`` per metric), the admission thresholds (``admission_mean``/``admission_max``,
     per metric), the collapse detector (``collapse_thresholds`` per metric as
     ``[convergence, force]``, ``reset_policy``, ``keep_recent``) and ``background_analysis``
-    (false: never on the worker, see :attr:`AestheticLoop.analyses_in_background`).
+    (default false: the analysis runs in the Commit node; true: on the cache worker where the strategy
+    allows it, see :attr:`AestheticLoop.analyses_in_background`).
 
     ``strategy`` may be the class (queue-time validation, no model loaded).
 
@@ -102,7 +103,7 @@ def apply_tuning(strategy: SimilarityStrategy | type[SimilarityStrategy],
         ValueError: naming the key and what it allows.
     """
     values = parse_tuning(tuning)
-    background = flag("background_analysis", values.pop("background_analysis", True))
+    background = flag("background_analysis", values.pop("background_analysis", False))
     admission = AdmissionPolicy.for_strategy(strategy, mean_thresholds=values.pop("admission_mean", None),
                                              max_thresholds=values.pop("admission_max", None))
     detector = {key: values.pop(key) for key in DETECTOR_KEYS if key in values}
@@ -140,7 +141,7 @@ class AestheticLoop:
     policy: InjectionPolicy
     detector: CollapseDetector
     rng_seed: int = 0
-    background_analysis: bool = True
+    background_analysis: bool = False
     analysis: Analysis | None = None
     cache_error: str | None = None
     decisions: list[dict] = field(default_factory=list)
@@ -158,7 +159,8 @@ class AestheticLoop:
     @property
     def analyses_in_background(self) -> bool:
         """Whether ``after_keyframe`` may run on a worker thread beside the next iteration: the
-        strategy only uses the CPU and the tuning did not turn it off."""
+        strategy only uses the CPU and the tuning turned it on (off by default: on an H200 the loop
+        was 2% slower with the worker, 16% with torch on every core, bench/recorded/h200-2026-12-04-worker-threads)."""
         return self.background_analysis and self.store.strategy.cpu_only
 
     def rng(self, keyframe: int) -> np.random.Generator:

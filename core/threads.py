@@ -1,12 +1,13 @@
-"""How many torch CPU threads to leave the executor beside the pack's two worker threads.
+"""How many torch CPU threads to leave the executor beside the pack's frame writer thread.
 
 When torch's intra-op pool has one thread per usable core, a busy frame-writer thread takes a core
 from it, and every parallel CPU op (the uint8 conversion, the slerp batch, the decoded images'
 copy to the CPU) waits at its barrier for the thread that lost its core. Measured on a 16-core
 H200 machine: such ops took 28-44 ms instead of under 1 ms while the writer encoded, and the
 dream loop ran 38.4 frames per second with 16 threads against 48.6 with 15
-(bench/recorded/h200-2026-11-26-threads/). The cache worker (``core.background``) is the second
-thread that keeps a core busy (for a few ms per keyframe, while the executor converts the frames).
+(bench/recorded/h200-2026-11-26-threads/). Freeing a second core, for the cache worker
+(``core.background``, off by default), measured the same as one: 44.8 and 44.9 fps with the worker,
+45.5 and 45.7 without it, at 14 and 15 threads (bench/recorded/h200-2026-12-04-worker-threads/).
 """
 
 from __future__ import annotations
@@ -16,11 +17,11 @@ import os
 ENV = "DREAM_WINDOW_TORCH_THREADS"
 """``auto`` (default), ``keep``, or a thread count."""
 
-RESERVED_CORES = 2
-"""The frame writer's core and the cache worker's."""
+RESERVED_CORES = 1
+"""The frame writer's core."""
 
 MIN_CORES = 4
-"""Below this many cores ``auto`` leaves torch alone: two cores are too large a share to give up."""
+"""Below this many cores ``auto`` leaves torch alone: a core is too large a share to give up."""
 
 
 def planned_threads(current: int, usable_cores: int, accelerated: bool, setting: str | None) -> int | None:

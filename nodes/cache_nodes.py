@@ -65,8 +65,8 @@ class DreamWindowCache(io.ComfyNode):
                                         "\"admission_mean\": {\"cosine\": 0.85}}; the collapse detector's "
                                         "\"collapse_thresholds\" ({\"cosine\": [convergence, force]}), "
                                         "\"reset_policy\" (window, partial, full, none) and \"keep_recent\"; "
-                                        "\"background_analysis\": false analyses each keyframe in the Commit node "
-                                        "instead of beside the next iteration. Unknown keys and values out of "
+                                        "\"background_analysis\": true analyses each keyframe on a worker thread "
+                                        "beside the next iteration instead of in the Commit node. Unknown keys and values out of "
                                         "range are refused when the workflow is queued."),
                 io.ClipVision.Input("clip_vision", optional=True,
                                     tooltip="For strategy clip_vision: a CLIP vision model from Load CLIP Vision."),

@@ -101,8 +101,8 @@ class Runtime:
             return
         if threads is not None and threads != current:
             torch.set_num_threads(threads)
-            log.info("dream_window: torch CPU threads %d -> %d so the frame writer and the cache worker have cores "
-                     "of their own (%s=keep leaves them)", current, threads, THREADS_ENV)
+            log.info("dream_window: torch CPU threads %d -> %d so the frame writer has a core of its own "
+                     "(%s=keep leaves them)", current, threads, THREADS_ENV)
 
     def publisher(self, name: str) -> Publisher:
         """The session's playback and status writer (started on first use)."""

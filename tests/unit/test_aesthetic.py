@@ -135,11 +135,12 @@ def test_stats_report_cache_and_injections(tmp_path):
 
 
 def test_background_analysis_follows_the_strategy_and_the_tuning(tmp_path):
-    assert make(tmp_path).analyses_in_background  # latent_pool: CPU only
-    store = CacheStore(tmp_path / "off", get_strategy("latent_pool"), capacity=10)
-    assert not AestheticLoop.create(store, tuning={"background_analysis": False}).analyses_in_background
+    assert not make(tmp_path).analyses_in_background  # off by default: it did not pay on the GPU
+    store = CacheStore(tmp_path / "on", get_strategy("latent_pool"), capacity=10)
+    assert AestheticLoop.create(store, tuning={"background_analysis": True}).analyses_in_background  # CPU only
     clip = CacheStore(tmp_path / "clip", get_strategy("clip_vision", encoder=lambda images: images.mean((1, 2))))
-    assert not AestheticLoop.create(clip).analyses_in_background  # a model ComfyUI manages
+    on = {"background_analysis": True}
+    assert not AestheticLoop.create(clip, tuning=on).analyses_in_background  # a model ComfyUI manages
     with pytest.raises(ValueError, match="background_analysis must be true or false, got 'no'"):
         AestheticLoop.create(store, tuning={"background_analysis": "no"})
 
