@@ -30,6 +30,7 @@ from .cache_store import CacheStore, CacheStoreError, EmbeddingMismatchError
 from .collapse import CollapseDetector, CollapseResult
 from .injection import (ACTION_CACHE, ACTION_NONE, ACTION_SEED, InjectionConfig, InjectionDecision,
                         InjectionPolicy, blend_latents, choose_walk_target)
+from .similarity import mean_pairwise_similarity
 from .status import CacheStats
 
 log = logging.getLogger("dream_window")
@@ -202,6 +203,7 @@ class AestheticLoop:
         recent = [t.recent_mean for t in trend.values() if t.recent_mean is not None]
         overall = [t.overall_mean for t in trend.values() if t.overall_mean is not None]
         last = self.analysis.collapse.status if self.analysis and self.analysis.collapse else None
+        similarity = mean_pairwise_similarity(self.store.strategy, self.store.snapshot()[1])
         return CacheStats(
             cache_size=len(self.store),
             cache_injections=policy["total_cache_injections"],
@@ -211,6 +213,8 @@ class AestheticLoop:
             collapse_frames_analyzed=self.detector.frames_analyzed,
             collapse_frequency=policy["recent_collapse_frequency"],
             collapse_trend=last,
+            cache_diversity_score=None if similarity is None else max(0.0, 1.0 - similarity),
+            cache_avg_similarity=similarity,
         )
 
     def trend(self) -> dict:

@@ -409,11 +409,13 @@ class DreamWindowCommit(io.ComfyNode):
             stats = dict(state.stats)
             stats["keyframe_time"] = RUNTIME.span(session.name, "source_done", "sampled")
             stats["batch_decode_time"] = RUNTIME.span(session.name, "interpolated", "decoded")
-            count = stats.get("iterations_timed", 0)
             if elapsed is not None:
                 stats["iteration_time"] = elapsed
-                stats["mean_iteration_time"] = (stats.get("mean_iteration_time", 0.0) * count + elapsed) / (count + 1)
-                stats["iterations_timed"] = count + 1
+            for kind, value in (("iteration", elapsed), ("keyframe", stats["keyframe_time"])):
+                if value is not None:  # running means; status.json's generation_time is the keyframe one
+                    count = stats.get(f"{kind}s_timed", 0)
+                    stats[f"mean_{kind}_time"] = (stats.get(f"mean_{kind}_time", 0.0) * count + value) / (count + 1)
+                    stats[f"{kind}s_timed"] = count + 1
             stats["frames_last_iteration"] = int(images.shape[0])
             stats["mode"] = plan.get("mode", "hybrid")
             if "decision" in plan:

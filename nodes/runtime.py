@@ -142,8 +142,8 @@ class Runtime:
         message = (error or {}).get("message") if state == "paused" else None
         shown = {"idle": "stopped", "paused": "error" if message else "paused"}.get(state, state)
         return build_status(state=shown, buffer=player.metrics(), uptime_seconds=time.monotonic() - self.started,
-                            current_prompt=stats.get("prompt", ""),
-                            generation_time=stats.get("mean_iteration_time", 0.0),
+                            current_prompt=stats.get("prompt", ""), mode=stats.get("mode"),
+                            generation_time=stats.get("mean_keyframe_time", 0.0),
                             keyframe_time=stats.get("keyframe_time"), batch_decode_time=stats.get("batch_decode_time"),
                             keyframes_generated=iteration, interpolations_generated=max(0, frames - iteration),
                             cache=self.cache_stats.get(name), error_message=message)
