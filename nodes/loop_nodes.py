@@ -361,8 +361,9 @@ class DreamWindowCommit(io.ComfyNode):
                              tooltip="The keyframe's sampler seed, recorded in the session (wire it from the "
                                      "keyframe source)."),
                 io.Int.Input("retention", default=128, min=1, max=1_000_000,
-                             tooltip="Frames kept on disk; older ones are deleted. The default covers a 30 s "
-                                     "playback buffer at 3.5 fps plus two iterations of 11 frames."),
+                             tooltip="Played frames kept on disk (for the frame route and export); older played "
+                                     "frames are deleted. A frame not played yet is never deleted, so the folder "
+                                     "holds the unplayed buffer plus this many."),
                 CacheType.Input("cache", optional=True,
                                 tooltip="The Dream Window Cache: keyframes and midpoints are offered to it."),
             ],
