@@ -1,6 +1,6 @@
 """Soak: the bundled dream workflow looping by itself on a real ComfyUI for many iterations.
 
-Queues the bundled API workflow once (tiny models, throttling off, the cache node's admission
+Queues the bundled API workflow once (tiny models, fast playback with a short throttle, the cache node's admission
 ``always`` so the cache reaches its capacity, ``max_iterations`` = ``--iterations`` so the loop
 stops by itself) and samples, every ``--interval`` seconds, from outside the server:
 
@@ -17,12 +17,13 @@ iterations. Exit status 1 when a bound is broken:
 * RSS grows by ``--max-rss-slope`` MB (50) or more per 1,000 iterations after the warm-up;
 * the history holds more than two entries beyond what it held before the loop started (the
   supervisor keeps only the newest finished loop prompt);
-* the frame folder holds more than retention + one iteration's frames (written, not yet
-  pruned), or, once the loop has stopped, anything but the newest ``retention`` frames;
+* the frame folder holds more than the buffer bound below + retention + one iteration's frames
+  (written, not yet pruned; retention never deletes an unplayed frame), or, once the loop has
+  stopped and playback has shown every frame, anything but the newest ``retention`` frames;
 * the cache holds more than its capacity (tensor files: capacity + the two entries one
   keyframe adds before the evicted ones are deleted), or fewer than capacity at the end;
-* ``buffer_filled`` exceeds retention + one iteration's frames (throttling is off: playback
-  falls behind, and frames the retention limit deleted must leave the buffer);
+* ``buffer_filled`` exceeds the throttle target (``--buffer-target`` seconds at ``--fps``) + one
+  iteration's frames;
 * threads or file handles grow: the highest count over the last quarter of the samples
   after the warm-up exceeds the highest over the first quarter by more than the tolerance.
 
@@ -68,6 +69,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--frames", type=int, default=10, help="interpolated frames per keyframe pair (10)")
     parser.add_argument("--retention", type=int, default=128, help="frames kept on disk (128, as shipped)")
     parser.add_argument("--capacity", type=int, default=50, help="cache capacity (50, as shipped)")
+    parser.add_argument("--fps", type=float, default=30.0, help="playback frame rate (30: playback keeps up)")
+    parser.add_argument("--buffer-target", type=float, default=2.0,
+                        help="seconds of unplayed frames that hold the next iteration back (2.0)")
     parser.add_argument("--interval", type=float, default=1.0, help="seconds between samples (1.0)")
     parser.add_argument("--timeout", type=float, default=4 * 3600, help="seconds allowed for the loop (14400)")
     parser.add_argument("--max-rss-slope", type=float, default=50.0,
@@ -85,22 +89,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--size must be a multiple of 8, at least 64")
     if min(args.steps, args.retention, args.capacity) < 1 or args.frames < 0 or args.interval <= 0:
         parser.error("--steps, --retention and --capacity must be >= 1, --frames >= 0, --interval > 0")
+    if not 0.1 <= args.fps <= 120 or args.buffer_target <= 0:
+        parser.error("--fps must be from 0.1 to 120 and --buffer-target > 0 (the throttle bounds the buffer)")
     return args
 
 
 def soak_workflow(args: argparse.Namespace, session: str = SESSION) -> dict:
-    """The bundled API workflow at test size, throttling off, admission ``always``, bounded by ``max_iterations``."""
+    """The bundled API workflow at test size, playing at ``--fps`` behind a ``--buffer-target`` throttle,
+    admission ``always``, bounded by ``max_iterations``."""
     wf = load_api_workflow()
     by_type = {node["class_type"]: node["inputs"] for node in wf.values()}
     by_type["CheckpointLoaderSimple"]["ckpt_name"] = TINY_SD15
-    by_type["DreamWindowSession"]["name"] = session
+    by_type["DreamWindowSession"].update(name=session, fps=args.fps, min_buffer_seconds=0.0)
     by_type["DreamWindowKeyframeSource"].update(width=args.size, height=args.size)
     by_type["KSampler"]["steps"] = args.steps
     by_type["DreamWindowInterpolate"]["frames"] = args.frames
     by_type["DreamWindowCommit"]["retention"] = args.retention
     by_type["DreamWindowCache"].update(capacity=args.capacity, admission="always")
     by_type["DreamWindowAutoQueue"].update(enabled=True, max_iterations=args.iterations, min_delay=0.0,
-                                           buffer_target=0.0)
+                                           buffer_target=args.buffer_target)
     return wf
 
 
@@ -188,9 +195,11 @@ def run(server: ComfyServer, args: argparse.Namespace, session: str = SESSION) -
             time.sleep(args.interval)
         wall = time.monotonic() - started
         server.wait_for(lambda: not any(server.get("/queue").values()), timeout=120, what="the queue to empty")
-        expected_files = min(args.retention, 1 + (args.iterations - 1) * (args.frames + 1))
-        server.wait_for(lambda: sample(server, session, folders)["frame_files"] == expected_files, timeout=60,
-                        what="the frame writer to finish")
+        produced = 1 + (args.iterations - 1) * (args.frames + 1)
+        server.wait_for(lambda: sample(server, session, folders)["frames_played"] == produced, timeout=120,
+                        what="playback to show every frame")
+        server.wait_for(lambda: sample(server, session, folders)["frame_files"] == min(args.retention, produced),
+                        timeout=60, what="the frame writer to delete the played frames beyond the retention")
         final = sample(server, session, folders)
         final["t"] -= started
     except (AssertionError, OSError, RuntimeError) as exc:  # a 5xx, a dead server, a stalled or paused loop
@@ -218,22 +227,25 @@ def report(args: argparse.Namespace, samples: list[dict], final: dict, history_b
     after = [s for s in samples if s["iteration"] >= args.warmup]
     frames_per_iteration = args.frames + 1
     produced = 1 + (final["iteration"] - 1) * frames_per_iteration
+    buffer_bound = round(args.buffer_target * args.fps) + frames_per_iteration
     result = {
         "iterations": final["iteration"], "warmup": args.warmup, "wall_s": round(wall, 1),
         "seconds_per_iteration": round(wall / max(1, final["iteration"]), 3),
         "settings": {"size": args.size, "steps": args.steps, "frames": args.frames, "retention": args.retention,
-                     "capacity": args.capacity, "interval": args.interval},
+                     "capacity": args.capacity, "fps": args.fps, "buffer_target": args.buffer_target,
+                     "interval": args.interval},
         "rss_mb": _series(after, "rss_mb"),
         "threads": _series(after, "threads"),
         "fds": _series(after, "fds"),
         "history": {"before": history_before, "peak": max(s["history"] for s in samples), "end": final["history"]},
         "frame_files": {"peak": max(s["frame_files"] for s in samples), "end": final["frame_files"],
-                        "retention": args.retention, "produced": produced},
+                        "retention": args.retention, "produced": produced,
+                        "bound": buffer_bound + args.retention + frames_per_iteration},
         "cache": {"peak_size": max((s["cache_size"] or 0) for s in samples), "end_size": final["cache_size"],
                   "peak_files": max(s["cache_files"] for s in samples), "end_files": final["cache_files"],
                   "capacity": args.capacity},
         "buffer": {"peak_filled": max((s["buffer_filled"] or 0) for s in samples),
-                   "bound": args.retention + frames_per_iteration,
+                   "bound": buffer_bound,
                    "frames_played": final["frames_played"]},
         "samples": samples,
     }
@@ -251,9 +263,9 @@ def violations(result: dict, max_rss_slope: float = 50.0) -> list[str]:
     if max(history["peak"], history["end"]) > history["before"] + HISTORY_SLACK:
         broken.append(f"ComfyUI history grew from {history['before']} to {history['peak']} entries")
     frames = result["frame_files"]
-    per_iteration = result["settings"]["frames"] + 1
-    if frames["peak"] > frames["retention"] + per_iteration:
-        broken.append(f"frame folder held {frames['peak']} files (retention {frames['retention']})")
+    if frames["peak"] > frames["bound"]:
+        broken.append(f"frame folder held {frames['peak']} files (retention {frames['retention']}, bound "
+                      f"{frames['bound']})")
     if frames["end"] != min(frames["retention"], frames["produced"]):
         broken.append(f"frame folder holds {frames['end']} files at the end, expected "
                       f"{min(frames['retention'], frames['produced'])}")

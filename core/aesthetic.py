@@ -36,7 +36,7 @@ from .checks import flag, per_metric
 from .collapse import CollapseDetector, CollapseResult
 from .injection import (ACTION_CACHE, ACTION_NONE, ACTION_SEED, InjectionConfig, InjectionDecision,
                         InjectionPolicy, blend_latents, choose_walk_target)
-from .similarity import SimilarityStrategy
+from .similarity import SimilarityStrategy, mean_pairwise_similarity
 from .status import CacheStats
 
 log = logging.getLogger("dream_window")
@@ -300,6 +300,7 @@ class AestheticLoop:
         recent = [t.recent_mean for t in trend.values() if t.recent_mean is not None]
         overall = [t.overall_mean for t in trend.values() if t.overall_mean is not None]
         last = self.analysis.collapse.status if self.analysis and self.analysis.collapse else None
+        similarity = mean_pairwise_similarity(self.store.strategy, self.store.snapshot()[1])
         return CacheStats(
             cache_size=len(self.store),
             cache_injections=policy["total_cache_injections"],
@@ -309,6 +310,8 @@ class AestheticLoop:
             collapse_frames_analyzed=self.detector.frames_analyzed,
             collapse_frequency=policy["recent_collapse_frequency"],
             collapse_trend=last,
+            cache_diversity_score=None if similarity is None else max(0.0, 1.0 - similarity),
+            cache_avg_similarity=similarity,
         )
 
     def trend(self) -> dict:

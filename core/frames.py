@@ -1,13 +1,15 @@
 """Writes each frame to disk exactly once, off the caller's thread.
 
-Frames go to ``<folder>/frame_<index>.png`` (one PNG encode each, written atomically) and
-older frames beyond the retention limit are deleted. Callbacks tell the playback side which
-frames now exist and which are gone.
+Frames go to ``<folder>/frame_<index>.png`` (one PNG encode each, written atomically). A
+callback tells the playback side which frames now exist. Retention deletes played frames
+only: every frame not yet played stays, and ``retention`` played frames before it.
 """
 
 from __future__ import annotations
 
+import filecmp
 import logging
+import os
 import queue
 import re
 import struct
@@ -28,6 +30,48 @@ FRAME_RE = re.compile(r"^frame_(\d{8})\.png$")
 
 def frame_name(index: int) -> str:
     return f"frame_{index:08d}.png"
+
+
+def oldest_kept(last_written: int, first_unplayed: int | None, retention: int) -> int:
+    """The oldest frame index retention keeps: ``retention`` frames before the first unplayed one
+    (before the newest frame's successor when every frame was played or none is known)."""
+    end = last_written + 1 if first_unplayed is None else min(first_unplayed, last_written + 1)
+    return end - retention
+
+
+def frames_on_disk(folder: Path) -> dict[int, Path]:
+    """The frame files in ``folder`` by index (none when the folder is missing)."""
+    if not folder.is_dir():
+        return {}
+    return {int(match.group(1)): path for path in folder.iterdir() if (match := FRAME_RE.match(path.name))}
+
+
+def shown_frame(frames: dict[int, Path], current: Path) -> int | None:
+    """The index of the frame ``current`` (``current_frame.png``) shows: the same file (a hard link)
+    or, where links were copied, the same bytes; the newest match wins. None if none matches."""
+    if not current.is_file():
+        return None
+    for index in sorted(frames, reverse=True):
+        try:
+            if os.path.samefile(frames[index], current) or filecmp.cmp(frames[index], current, shallow=False):
+                return index
+        except FileNotFoundError:
+            continue
+    return None
+
+
+def unplayed_run(frames: dict[int, Path], shown: int | None, next_frame: int) -> list[tuple[int, str]]:
+    """Frames on disk that playback still owes after a restart, as ``(index, path)``: the run of
+    consecutive frames that ends at the session's newest frame (``next_frame - 1``) and starts after
+    the frame shown last (or, when none is known, at the oldest frame of that run).
+
+    Frames from ``next_frame`` on belong to a keyframe the session makes again, and a frame below
+    a hole cannot be played before the frames after it, so neither is returned.
+    """
+    first = next_frame
+    while first - 1 in frames and (shown is None or first - 1 > shown):
+        first -= 1
+    return [(index, str(frames[index])) for index in range(first, next_frame)]
 
 
 def to_uint8(images) -> np.ndarray:
@@ -65,18 +109,27 @@ def encode_png(frame: np.ndarray, level: int = 1) -> bytes:
             + _png_chunk(b"IDAT", zlib.compress(filtered.tobytes(), level)) + _png_chunk(b"IEND", b""))
 
 
+_PRUNE = object()
+"""Queue item: prune now (playback moved on)."""
+
+
 class FrameWriter:
-    """One background thread per session folder; ``submit`` never blocks on disk."""
+    """One background thread per session folder; ``submit`` never blocks on disk. Played frames beyond
+    the retention are deleted after each write and as playback moves on (``played``)."""
 
     def __init__(self, folder: Path, retention: int,
                  on_written: Callable[[list[tuple[int, str]]], None] = lambda frames: None,
-                 on_pruned: Callable[[int], None] = lambda oldest_kept: None):
+                 first_unplayed: Callable[[], int | None] = lambda: None):
+        """``first_unplayed`` returns the index of the next frame playback shows (None: unknown, then
+        the newest ``retention`` frames are kept)."""
         self.folder = Path(folder)
         self.retention = retention
         self.on_written = on_written
-        self.on_pruned = on_pruned
+        self.first_unplayed = first_unplayed
         self.error: OSError | None = None
         self.last_written: int | None = None
+        self._pruned_below: int | None = None
+        self._prune_queued = False
         self._queue: queue.Queue = queue.Queue()
         self._thread = threading.Thread(target=self._run, name=f"dream_window-frames-{self.folder.parent.name}",
                                         daemon=True)
@@ -85,6 +138,12 @@ class FrameWriter:
     def submit(self, first_index: int, frames: np.ndarray) -> None:
         """Queue ``frames`` (uint8 ``[B, H, W, C]``) as indices ``first_index ...``."""
         self._queue.put((first_index, frames))
+
+    def played(self) -> None:
+        """Playback moved on: prune the played frames beyond the retention (one request at a time)."""
+        if not self._prune_queued:
+            self._prune_queued = True
+            self._queue.put(_PRUNE)
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until everything submitted so far is on disk (tests and shutdown)."""
@@ -97,6 +156,13 @@ class FrameWriter:
             item = self._queue.get()
             if isinstance(item, threading.Event):
                 item.set()
+                continue
+            if item is _PRUNE:
+                self._prune_queued = False
+                try:
+                    self._prune()
+                except OSError as exc:
+                    log.error("dream_window: deleting played frames in %s failed: %s", self.folder, exc)
                 continue
             first, frames = item
             try:
@@ -115,11 +181,15 @@ class FrameWriter:
                 self.error = exc
 
     def _prune(self) -> None:
+        """Delete played frames beyond the retention (the play position only moves on, so every
+        frame below the one read here stays played)."""
         if self.last_written is None:
             return
-        oldest_kept = self.last_written - self.retention + 1
-        for path in self.folder.iterdir():
-            match = FRAME_RE.match(path.name)
-            if match and int(match.group(1)) < oldest_kept:
-                path.unlink(missing_ok=True)
-        self.on_pruned(oldest_kept)
+        keep_from = oldest_kept(self.last_written, self.first_unplayed(), self.retention)
+        if self._pruned_below is None:  # the first time: whatever earlier runs left
+            stale = [index for index in frames_on_disk(self.folder) if index < keep_from]
+        else:
+            stale = range(self._pruned_below, keep_from)
+        for index in stale:
+            (self.folder / frame_name(index)).unlink(missing_ok=True)
+        self._pruned_below = max(keep_from, self._pruned_below or keep_from)

@@ -18,8 +18,10 @@ Playback rules
   the original, ``min_buffer_seconds`` is not silently clamped to [5, 10] s; any
   value >= 0 is honoured (0 starts on the first frame), except that it is capped
   at the throttle target so the throttle can never hold the producer before
-  playback can start. ``force_start`` starts with whatever is ready (for a loop
-  that stopped before filling the minimum buffer).
+  playback can start. ``force_start`` (the producer stopped: the loop was stopped,
+  paused, or reached its limit) starts with whatever is ready and plays it to the
+  end; ``wait_for_buffer`` (the producer runs again) brings the minimum back for a
+  playback that has not started yet.
 * **Absolute clock.** With the clock anchored at time ``t0`` on frame ``k0``,
   frame ``k`` is due at ``t0 + (k - k0) / fps``, computed from the anchor each
   time rather than accumulated, so a steady stream never drifts. ``tick``
@@ -28,12 +30,13 @@ Playback rules
 * **Gaps and re-anchoring.** If the next frame is due but not ready, ``tick``
   returns ``None`` quietly and the player counts as buffering. When a frame is
   finally shown at least one frame interval after its due time (it arrived
-  late, the player was paused, or the ticker itself stalled), the clock is
+  late, or the ticker itself stalled), the clock is
   re-anchored at that moment: frame ``k`` is shown now and ``k + j`` at
   ``now + j / fps``, so a stall never causes a catch-up burst. A frame shown
   less than one interval late (ordinary tick jitter) keeps the schedule.
   Playback resumes as soon as the next frame is ready, as in the original; there
-  is no re-buffer threshold after a gap.
+  is no re-buffer threshold after a gap. While the producer is stopped nothing is
+  awaited: a player that has shown every frame it has is not buffering.
 * **Throttle.** ``should_hold_next_iteration`` is true while
   ``seconds_buffered >= target_seconds`` (default 30 s); a target of 0 turns
   throttling off.
@@ -95,9 +98,8 @@ class BufferMetrics:
     percentage: float
     """``min(100, seconds_buffered / target_seconds * 100)``; 100 when throttling is off."""
     is_buffering: bool
-    """True before playback starts and while the due frame is missing; false while paused."""
+    """True before playback starts and while the due frame is missing, unless the producer stopped."""
     started: bool
-    paused: bool
     frames_played: int
     """Frames shown since this player was created."""
     next_index: int | None
@@ -143,7 +145,6 @@ class Player:
         self._anchor_index = 0
         self._started = False
         self._force_start = False
-        self._paused = False
         self._stalled = False
         self._frames_played = 0
 
@@ -206,7 +207,7 @@ class Player:
         with self._lock:
             if now is None:
                 now = self._clock()
-            if self._paused or self._next is None:
+            if self._next is None:
                 return None
             if not self._started:
                 ready = self._ready_end - self._next
@@ -245,38 +246,16 @@ class Player:
         with self._lock:
             return self._due_time() if self._started else None
 
-    def forget_before(self, index: int) -> None:
-        """Drop frames below ``index`` that no longer exist (deleted by the retention limit).
-
-        Playback jumps over them instead of waiting forever for a file that is gone, which
-        also bounds the buffer when generation outruns playback (throttling off).
-        """
-        with self._lock:
-            for stale in [i for i in self._pending if i < index]:
-                del self._pending[stale]
-            if self._next is not None and self._next < index:
-                self._next = index
-                if self._started:
-                    self._anchor(self._clock())
-            if self._ready_end is not None and self._ready_end < index:
-                self._ready_end = index
-            while self._ready_end is not None and self._ready_end in self._pending:
-                self._ready_end += 1
-
     def force_start(self) -> None:
-        """Let playback start with any ready frame, without waiting for the minimum buffer."""
+        """The producer stopped: start with any ready frame, without waiting for the minimum buffer,
+        and count as buffering no more (nothing else is coming)."""
         with self._lock:
             self._force_start = True
 
-    def pause(self) -> None:
-        """Stop showing frames until ``resume``; the buffer keeps filling."""
+    def wait_for_buffer(self) -> None:
+        """The producer runs again: a playback not started yet waits for the minimum buffer."""
         with self._lock:
-            self._paused = True
-
-    def resume(self) -> None:
-        """Resume after ``pause``; a pause longer than one interval re-anchors the clock."""
-        with self._lock:
-            self._paused = False
+            self._force_start = False
 
     def latest(self) -> Frame | None:
         """Return the frame shown most recently, or None if none was shown yet."""
@@ -315,9 +294,8 @@ class Player:
                 target_seconds=self.target_seconds,
                 target_frames=self.target_frames,
                 percentage=percentage,
-                is_buffering=not self._paused and (not self._started or self._stalled),
+                is_buffering=not self._force_start and (not self._started or self._stalled),
                 started=self._started,
-                paused=self._paused,
                 frames_played=self._frames_played,
                 next_index=self._next,
                 fps=self.fps,

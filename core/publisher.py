@@ -4,6 +4,9 @@ One thread per session ticks the ``Player`` (absolute clock, strict order) and, 
 frame due, re-points ``current_frame.png`` at the frame's file (hard link + ``os.replace``,
 no re-encode) and tells subscribers (websocket events, MJPEG streams). Once a second it
 writes ``status.json`` atomically: this thread is the session's only status writer.
+
+A new publisher (after a server start) plays on from the first frame on disk that was not
+shown yet: the frame ``current_frame.png`` shows is the last one played.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from typing import Callable
 from PIL import Image
 
 from .atomic import atomic_link, atomic_write_bytes
+from .frames import frames_on_disk, shown_frame, unplayed_run
 from .playback import Frame, Player
 from .status import status_json_bytes
 
@@ -35,14 +39,21 @@ class Publisher:
     def __init__(self, folder: Path, status_source: Callable[[Player], dict],
                  on_frame: Callable[[Frame], None] = lambda frame: None,
                  on_status: Callable[[dict], None] = lambda status: None,
-                 fps: float = 3.5, target_seconds: float = 30.0, min_buffer_seconds: float = 10.0):
+                 fps: float = 3.5, target_seconds: float = 30.0, min_buffer_seconds: float = 10.0,
+                 frames_dir: Path | None = None, next_frame: int = 1):
+        """``frames_dir`` holds the session's frames so far, ``next_frame`` is the index its next frame
+        gets: the frames on disk that were not shown yet are played first."""
         self.folder = Path(folder)
         self.current_link = self.folder / "current_frame.png"
         self.status_path = self.folder / "status.json"
         self.status_source = status_source
         self.on_frame = on_frame
         self.on_status = on_status
-        self.player = Player(fps=fps, target_seconds=target_seconds, min_buffer_seconds=min_buffer_seconds)
+        on_disk = frames_on_disk(Path(frames_dir)) if frames_dir is not None else {}
+        unplayed = unplayed_run(on_disk, shown_frame(on_disk, self.current_link), next_frame)
+        self.player = Player(fps=fps, target_seconds=target_seconds, min_buffer_seconds=min_buffer_seconds,
+                             start_index=unplayed[0][0] if unplayed else next_frame)
+        self.player.add_frames(unplayed)
         self.settings = (fps, target_seconds, min_buffer_seconds)
         self.last_status: dict | None = None
         self._subscribers: dict[int, Callable[[Frame], None]] = {}
@@ -62,9 +73,9 @@ class Publisher:
         """Frames are on disk (called by the frame writer's thread)."""
         self.player.add_frames(frames)
 
-    def frames_pruned(self, oldest_kept: int) -> None:
-        """Frames below ``oldest_kept`` were deleted by the retention limit."""
-        self.player.forget_before(oldest_kept)
+    def first_unplayed(self) -> int | None:
+        """The index of the next frame to show (what the frame writer must keep)."""
+        return self.player.metrics().next_index
 
     def latest(self) -> Frame | None:
         return self.player.latest()
@@ -78,6 +89,11 @@ class Publisher:
     def unsubscribe(self, key: int) -> None:
         with self._lock:
             self._subscribers.pop(key, None)
+
+    def viewers(self) -> int:
+        """Subscribers (open streams) now."""
+        with self._lock:
+            return len(self._subscribers)
 
     def jpeg(self, frame: Frame, quality: int = 85) -> bytes:
         """The frame as JPEG (for MJPEG streams), encoded once and shared by every viewer."""
@@ -116,7 +132,7 @@ class Publisher:
         try:
             atomic_link(frame.path, self.current_link)
         except FileNotFoundError:
-            return  # deleted by the retention limit between the tick and now
+            return  # deleted by someone else: retention keeps every frame until it was played
         except OSError as exc:
             log.error("dream_window: cannot update %s: %s", self.current_link, exc)
             return

@@ -34,7 +34,9 @@ NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}\Z")  # \Z: "$" would
 NAME_RULE = "1-64 characters: letters, digits, '_' or '-', starting with a letter or digit"
 LATENTS_PATTERN = re.compile(r"^latents-\d{8,}\.safetensors\Z")
 RECENT_KEYFRAMES = 5
-STATES = ("idle", "running", "paused", "stopped")
+STATES = ("idle", "running", "paused", "stopped", "interrupted")
+"""Control states; "interrupted" is a session that was running when the server stopped: nothing runs
+it until it is started again (``resumable`` in its summary)."""
 STATE_VERSION = 1
 
 
@@ -104,6 +106,7 @@ class Session:
                 "last_error": self.error,
                 "max_iterations": self.settings.get("max_iterations", 0),
                 "has_prompt": self.prompt is not None,
+                "resumable": self.state == "interrupted" and self.prompt is not None,
             }
 
     def _json(self) -> dict:
@@ -259,6 +262,8 @@ class Session:
                 setattr(session, key, data[key])
         if session.state not in STATES:
             session.state = "idle"
+        elif session.state == "running":  # no prompt of it is queued in a server that just started
+            session.state = "interrupted"
         if session.latents_file:
             path = folder / str(session.latents_file)
             if not LATENTS_PATTERN.match(str(session.latents_file)) or path.is_symlink():

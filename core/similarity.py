@@ -505,9 +505,33 @@ def get_strategy(name: str, **kwargs: object) -> SimilarityStrategy:
     return strategy_class(name)(**kwargs)
 
 
+DIVERSITY_SAMPLE = 512
+"""Most cache entries ``mean_pairwise_similarity`` compares (evenly spaced ones beyond it), so the
+status costs at most 512 x 512 comparisons per keyframe at any cache capacity."""
+
+
+def mean_pairwise_similarity(
+    strategy: SimilarityStrategy, bank: torch.Tensor, sample: int = DIVERSITY_SAMPLE
+) -> float | None:
+    """Mean combined similarity (``similarity_matrix``) over all pairs of distinct rows of ``bank``.
+
+    None below two rows. A bank of more than ``sample`` rows is measured on ``sample`` evenly
+    spaced rows (the first and the last included).
+    """
+    count = bank.shape[0]
+    if count < 2:
+        return None
+    if count > sample:
+        bank = bank[torch.linspace(0, count - 1, sample).round().long()]
+        count = sample
+    sims = strategy.similarity_matrix(bank, bank).to(torch.float64)
+    return float((sims.sum() - sims.diagonal().sum()) / (count * (count - 1)))
+
+
 __all__ = [
     "COLOR_DIMS",
     "COSINE_DEFAULTS",
+    "DIVERSITY_SAMPLE",
     "DUAL_METRIC_DEFAULTS",
     "DUAL_METRIC_DIMS",
     "PHASH_BITS",
@@ -529,6 +553,7 @@ __all__ = [
     "histogram_intersection",
     "images_to_uint8",
     "load_open_clip",
+    "mean_pairwise_similarity",
     "open_clip_available",
     "phash_bits",
     "phash_hex",

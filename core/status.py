@@ -14,12 +14,20 @@ Fixes over the original (spec §6.G):
 * ``is_buffering`` means "waiting for frames" (initial fill or a gap), not
   "below the 30 s target";
 * the collapse and diversity values are whatever the cache layer reports, or
-  null while it reports nothing; never a constant 0.0.
+  null while it reports nothing; never a constant 0.0: ``cache_avg_similarity``
+  is the mean combined similarity over the pairs of cached entries and
+  ``cache_diversity_score`` is ``1 - cache_avg_similarity``, floored at 0;
+* ``current_mode`` is the keyframe source's mode of the last keyframe ("hybrid",
+  "img2img" or "interpolate"; ``NO_MODE`` before the first), not a constant;
+* ``generation_time`` is the mean time of making a keyframe (the sampler's
+  part), not of a whole iteration;
+* ``state`` can be "interrupted": the server stopped while the session was
+  running, and nothing runs it until it is started again.
 
 Mapping of the daemon-era keys inside ComfyUI, where there is no daemon:
 ``daemon_status`` is "running" and ``comfyui_status`` "ready" whenever the pack
 writes a status; ``controller_status`` follows the session state (generating,
-paused, stopped, error); ``daemon_uptime_hours`` equals ``uptime_hours``; the
+paused, stopped, error, interrupted); ``daemon_uptime_hours`` equals ``uptime_hours``; the
 restart counters stay 0. The original's VAE-lock fields are replaced by the
 timing fields ``keyframe_time``, ``batch_decode_time`` and ``fps_achieved``.
 
@@ -51,8 +59,8 @@ PROMPT_MAX_CHARS = 100
 NO_PROMPT = "generating..."
 """``current_prompt`` before any prompt is known (the original's constant text)."""
 
-CURRENT_MODE = "hybrid_buffered"
-"""``current_mode``, as the original wrote it."""
+NO_MODE = "idle"
+"""``current_mode`` before the session's first keyframe (the original's initial value)."""
 
 RAINMETER_KEYS: tuple[str, ...] = (
     "frame_number",
@@ -138,6 +146,7 @@ class SessionState(str, Enum):
     BUFFERING = "buffering"
     STOPPED = "stopped"
     ERROR = "error"
+    INTERRUPTED = "interrupted"
 
 
 _STATUS_WORD = {
@@ -146,6 +155,7 @@ _STATUS_WORD = {
     SessionState.BUFFERING: "buffering",
     SessionState.STOPPED: "stopped",
     SessionState.ERROR: "error",
+    SessionState.INTERRUPTED: "interrupted",
 }
 """``status`` for each state; "live" is the original's word for running."""
 
@@ -155,6 +165,7 @@ _CONTROLLER_STATUS = {
     SessionState.BUFFERING: "generating",
     SessionState.STOPPED: "stopped",
     SessionState.ERROR: "error",
+    SessionState.INTERRUPTED: "interrupted",
 }
 """``controller_status`` for each state, in the original daemon's vocabulary."""
 
@@ -202,6 +213,7 @@ def build_status(
     buffer: BufferMetrics,
     uptime_seconds: float,
     current_prompt: str = "",
+    mode: str | None = None,
     generation_time: float = 0.0,
     keyframe_time: float | None = None,
     batch_decode_time: float | None = None,
@@ -214,7 +226,8 @@ def build_status(
     """Build the status document, keys in ``STATUS_KEYS`` order.
 
     ``state`` is the session's state; a running session whose player is
-    buffering is reported as "buffering". ``generation_time`` is the mean
+    buffering is reported as "buffering". ``mode`` is the keyframe source's mode of
+    the last keyframe (None before the first). ``generation_time`` is the mean
     keyframe time, ``keyframe_time`` and ``batch_decode_time`` the latest ones
     (seconds). ``frame_number`` is the number of frames played. ``now`` (default:
     the local time) dates ``last_update``. Raises ``ValueError`` for an unknown
@@ -232,7 +245,7 @@ def build_status(
         "frame_number": buffer.frames_played,
         "generation_time": _seconds(generation_time),
         "status": _STATUS_WORD[state],
-        "current_mode": CURRENT_MODE,
+        "current_mode": mode or NO_MODE,
         "current_prompt": truncate_prompt(current_prompt) or NO_PROMPT,
         "cache_size": int(cache.cache_size),
         "cache_injections": cache.cache_injections,

@@ -363,8 +363,9 @@ class DreamWindowCommit(io.ComfyNode):
                              tooltip="The keyframe's sampler seed, recorded in the session (wire it from the "
                                      "keyframe source)."),
                 io.Int.Input("retention", default=128, min=1, max=1_000_000,
-                             tooltip="Frames kept on disk; older ones are deleted. The default covers a 30 s "
-                                     "playback buffer at 3.5 fps plus two iterations of 11 frames."),
+                             tooltip="Played frames kept on disk (for the frame route and export); older played "
+                                     "frames are deleted. A frame not played yet is never deleted, so the folder "
+                                     "holds the unplayed buffer plus this many."),
                 CacheType.Input("cache", optional=True,
                                 tooltip="The Dream Window Cache: keyframes and midpoints are offered to it."),
             ],
@@ -408,11 +409,13 @@ class DreamWindowCommit(io.ComfyNode):
             stats = dict(state.stats)
             stats["keyframe_time"] = RUNTIME.span(session.name, "source_done", "sampled")
             stats["batch_decode_time"] = RUNTIME.span(session.name, "interpolated", "decoded")
-            count = stats.get("iterations_timed", 0)
             if elapsed is not None:
                 stats["iteration_time"] = elapsed
-                stats["mean_iteration_time"] = (stats.get("mean_iteration_time", 0.0) * count + elapsed) / (count + 1)
-                stats["iterations_timed"] = count + 1
+            for kind, value in (("iteration", elapsed), ("keyframe", stats["keyframe_time"])):
+                if value is not None:  # running means; status.json's generation_time is the keyframe one
+                    count = stats.get(f"{kind}s_timed", 0)
+                    stats[f"mean_{kind}_time"] = (stats.get(f"mean_{kind}_time", 0.0) * count + value) / (count + 1)
+                    stats[f"{kind}s_timed"] = count + 1
             stats["frames_last_iteration"] = int(images.shape[0])
             stats["mode"] = plan.get("mode", "hybrid")
             if "decision" in plan:

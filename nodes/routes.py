@@ -30,8 +30,9 @@ MAX_INDEX = 10**12
 VIEWER = Path(__file__).resolve().parents[1] / "web" / "viewer"
 VIEWER_ASSETS = {"viewer.mjs": "text/javascript", "viewer.css": "text/css"}
 BOUNDARY = "dwframe"
-STREAM_IDLE_CHECK = 5.0
-"""Seconds between checks that a stream's viewer is still connected while no frame plays."""
+STREAM_IDLE_CHECK = 0.5
+"""Seconds between checks, while no frame plays, that a stream's viewer is still connected and that
+the session still has frames to show."""
 
 
 def _error(status: int, message: str) -> web.Response:
@@ -139,6 +140,8 @@ async def sessions(request: web.Request) -> web.Response:
             entry = {"session": name, "state": "broken", "last_error": {"message": str(exc)}}
         folder = RUNTIME.registry.root / name
         entry["disk_bytes"] = 0 if folder.is_symlink() else _disk_bytes(folder)
+        publisher = RUNTIME.publishers.get(name)
+        entry["stream_viewers"] = publisher.viewers() if publisher is not None else 0
         listed.append(entry)
     return web.json_response({"sessions": listed})
 
@@ -206,6 +209,18 @@ async def frame(request: web.Request) -> web.Response:
                         headers={"X-Dream-Window-Frame": str(index), "Cache-Control": "no-cache"})
 
 
+def _more_to_stream(name: str, publisher, sent: int) -> bool:
+    """Whether a stream that sent frame ``sent`` (0: none) gets another one: the session generates, a frame
+    it made is not shown yet, or the frame shown last is still on its way to the stream."""
+    session = RUNTIME.session(name)
+    if session.state == "running":
+        return True
+    next_index = publisher.player.metrics().next_index
+    latest = publisher.latest()
+    return (next_index is not None and next_index <= session.frames_produced()) or (
+        latest is not None and latest.index > sent)
+
+
 def _offer(queue: asyncio.Queue, item) -> None:
     """Queue for a viewer, dropping the oldest frame when it falls behind (bounded memory)."""
     if queue.full():
@@ -214,7 +229,10 @@ def _offer(queue: asyncio.Queue, item) -> None:
 
 
 async def stream(request: web.Request) -> web.StreamResponse:
-    """MJPEG at the playback rate (``?format=png`` sends the frame files themselves)."""
+    """MJPEG at the playback rate (``?format=png`` sends the frame files themselves).
+
+    The stream ends once the session stops generating and its last frame was sent; a session that
+    does not generate and has no frame to show is refused at once."""
     name, error = _session_from_path(request)
     if error:
         return error
@@ -226,6 +244,10 @@ async def stream(request: web.Request) -> web.StreamResponse:
     if fmt not in ("jpeg", "png"):
         return _error(400, f"{request.path}: format must be jpeg or png")
     publisher = RUNTIME.publisher(name)
+    if not _more_to_stream(name, publisher, 0):
+        state = RUNTIME.session(name).state
+        return _error(409, f"{request.path}: session {name!r} is {state} and has no frame to play; start it "
+                           f"(POST /dream_window/start) and open the stream again")
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue = asyncio.Queue(maxsize=2)
     key = publisher.subscribe(lambda shown: loop.call_soon_threadsafe(_offer, queue, shown))
@@ -243,6 +265,8 @@ async def stream(request: web.Request) -> web.StreamResponse:
             except asyncio.TimeoutError:
                 if request.transport is None or request.transport.is_closing():
                     break  # the viewer left while nothing played (aiohttp does not cancel us)
+                if not _more_to_stream(name, publisher, last):
+                    break  # the session stopped and its last frame was sent
                 continue
             if shown.index <= last:
                 continue  # strictly increasing, even if a frame raced the first "latest" offer

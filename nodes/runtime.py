@@ -71,7 +71,7 @@ class Runtime:
         sup = self.supervisors.get(name)
         if sup is None:
             sup = Supervisor(self.session(name), self.backend, hold=self.publisher(name).player.should_hold_next_iteration,
-                             notify=lambda summary: comfy.send_event("dream_window.session", summary))
+                             notify=lambda summary: self.state_changed(name, summary))
             self.supervisors[name] = sup
         return sup
 
@@ -81,7 +81,7 @@ class Runtime:
             self.leave_cores_to_the_workers()
             publisher = self.publisher(session.name)
             writer = FrameWriter(session.frames_dir, retention, on_written=publisher.frames_written,
-                                 on_pruned=publisher.frames_pruned)
+                                 first_unplayed=publisher.first_unplayed)
             self.writers[session.name] = writer
         writer.retention = retention
         return writer
@@ -111,13 +111,37 @@ class Runtime:
             session = self.session(name)
             settings = session.settings
             publisher = Publisher(session.folder, lambda player: self.status(name, player),
-                                  on_frame=lambda frame: comfy.send_event("dream_window.frame", frame_event(name, frame)),
+                                  on_frame=lambda frame: self.frame_shown(name, frame),
                                   on_status=lambda status: comfy.send_event("dream_window.status",
                                                                             {"session": name, **status}),
                                   fps=settings.get("fps", 3.5), target_seconds=settings.get("buffer_target", 30.0),
-                                  min_buffer_seconds=settings.get("min_buffer_seconds", 10.0))
+                                  min_buffer_seconds=settings.get("min_buffer_seconds", 10.0),
+                                  frames_dir=session.frames_dir, next_frame=session.next_frame)
             self.publishers[name] = publisher
+            self.follow_generation(publisher, session.state)
         return publisher
+
+    def frame_shown(self, name: str, frame: Frame) -> None:
+        """Playback showed ``frame``: the frontend is told, the played frames beyond the retention go."""
+        comfy.send_event("dream_window.frame", frame_event(name, frame))
+        writer = self.writers.get(name)
+        if writer is not None:
+            writer.played()
+
+    def state_changed(self, name: str, summary: dict) -> None:
+        """A supervisor changed the session's state: playback follows, the frontend is told."""
+        self.follow_generation(self.publisher(name), summary["state"])
+        comfy.send_event("dream_window.session", summary)
+
+    @staticmethod
+    def follow_generation(publisher: Publisher, state: str) -> None:
+        """While the session runs, playback waits for its minimum buffer; once generation stops (stopped,
+        paused, an error, max_iterations, an interrupted or single-shot session) what is buffered plays
+        to the end."""
+        if state == "running":
+            publisher.player.wait_for_buffer()
+        else:
+            publisher.player.force_start()
 
     def configure_playback(self, session: Session) -> None:
         """Apply the session's playback settings (fps, buffer target, minimum buffer)."""
@@ -144,8 +168,8 @@ class Runtime:
         message = (error or {}).get("message") if state == "paused" else None
         shown = {"idle": "stopped", "paused": "error" if message else "paused"}.get(state, state)
         return build_status(state=shown, buffer=player.metrics(), uptime_seconds=time.monotonic() - self.started,
-                            current_prompt=stats.get("prompt", ""),
-                            generation_time=stats.get("mean_iteration_time", 0.0),
+                            current_prompt=stats.get("prompt", ""), mode=stats.get("mode"),
+                            generation_time=stats.get("mean_keyframe_time", 0.0),
                             keyframe_time=stats.get("keyframe_time"), batch_decode_time=stats.get("batch_decode_time"),
                             keyframes_generated=iteration, interpolations_generated=max(0, frames - iteration),
                             cache=self.cache_stats.get(name), error_message=message)
@@ -181,7 +205,8 @@ class Runtime:
         self.configure_playback(self.session(name))
 
     async def resume_running(self, attempts: int = 240, delay: float = 0.5) -> None:
-        """Re-queue every session that was running when the server stopped (opt-in at start-up).
+        """Re-queue every session that was running when the server stopped, now "interrupted" (opt-in at
+        start-up).
 
         Runs on the server loop as soon as ComfyUI imports the pack; the first POST may come
         before the server listens, so connection errors are retried for up to two minutes.
@@ -205,7 +230,7 @@ class Runtime:
         except Exception as exc:
             log.error("dream_window[%s]: not resumed: %s", name, exc)
             return False
-        return session.state == "running" and session.prompt is not None
+        return session.state == "interrupted" and session.prompt is not None
 
     def forget_iterations(self, name: str) -> None:
         """Drop everything the session's iterations keep in memory: what the ``forget_hooks`` hold

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import json
+import time
+import urllib.request
 from pathlib import Path
 
 import torch
@@ -78,3 +80,27 @@ def resume_point(session_folder: Path) -> tuple[int, torch.Tensor | None, bool]:
     if k >= 1 and state.get("stats", {}).get("frames_last_iteration") and not newest_frame.exists():
         return k - 1, (kept[-2] if len(kept) > 1 else None), True
     return k, (kept[-1] if kept else None), False
+
+
+def read_stream(comfy, session: str, count: int | None, fmt: str | None = None,
+                timeout: float = 60) -> tuple[dict, list]:
+    """The response headers and ``count`` parts, as (headers, body, arrival time), of ``session``'s stream;
+    ``count`` None reads every part until the server ends the stream."""
+    query = "&".join(([f"limit={count}"] if count else []) + ([f"format={fmt}"] if fmt else []))
+    with urllib.request.urlopen(f"{comfy.url}/dream_window/stream/{session}?{query}", timeout=timeout) as resp:
+        parts = []
+        while count is None or len(parts) < count:
+            line = resp.readline()
+            if not line and count is None:
+                break
+            assert line, f"the stream ended after {len(parts)} parts"
+            if not line.strip():
+                continue  # the CRLF that closes a part
+            assert line.strip() == b"--dwframe", line
+            headers = {}
+            while line := resp.readline().strip():
+                key, value = line.decode().split(":", 1)
+                headers[key.strip().lower()] = value.strip()
+            body = resp.read(int(headers["content-length"]))
+            parts.append((headers, body, time.monotonic()))
+        return dict(resp.headers), parts

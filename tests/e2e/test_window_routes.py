@@ -9,7 +9,7 @@ import json
 import socket
 import struct
 import time
-import urllib.request
+import time
 
 import av
 import pytest
@@ -17,7 +17,7 @@ from PIL import Image
 
 from core.publisher import Publisher
 from core.status import RAINMETER_STATUS_PATTERN, STATUS_KEYS
-from loop_helpers import dream_workflow
+from loop_helpers import dream_workflow, read_stream
 
 pytestmark = pytest.mark.e2e
 
@@ -51,26 +51,6 @@ def frame_file(comfy, session: str, index: int):
 
 def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def read_stream(comfy, session: str, count: int, fmt: str | None = None) -> tuple[dict, list]:
-    """The response headers and ``count`` parts, as (headers, body, arrival time), of ``session``'s stream."""
-    query = f"?limit={count}" + (f"&format={fmt}" if fmt else "")
-    with urllib.request.urlopen(f"{comfy.url}/dream_window/stream/{session}{query}", timeout=60) as resp:
-        parts = []
-        while len(parts) < count:
-            line = resp.readline()
-            assert line, f"the stream ended after {len(parts)} parts"
-            if not line.strip():
-                continue  # the CRLF that closes a part
-            assert line.strip() == b"--dwframe", line
-            headers = {}
-            while line := resp.readline().strip():
-                key, value = line.decode().split(":", 1)
-                headers[key.strip().lower()] = value.strip()
-            body = resp.read(int(headers["content-length"]))
-            parts.append((headers, body, time.monotonic()))
-        return dict(resp.headers), parts
 
 
 @pytest.fixture(scope="module")

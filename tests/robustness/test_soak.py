@@ -43,7 +43,7 @@ def test_violations_name_every_broken_bound():
         "threads": {"first_quarter_max": 10, "last_quarter_max": 10},
         "fds": {"first_quarter_max": 13, "last_quarter_max": 14},
         "history": {"before": 4, "peak": 5, "end": 5},
-        "frame_files": {"peak": 50, "end": 48, "retention": 48, "produced": 600},
+        "frame_files": {"peak": 50, "end": 48, "retention": 48, "produced": 600, "bound": 51},
         "cache": {"peak_size": 8, "end_size": 8, "peak_files": 10, "end_files": 8, "capacity": 8},
         "buffer": {"peak_filled": 50, "bound": 51},
     }

@@ -130,6 +130,10 @@ def test_stats_report_cache_and_injections(tmp_path):
     stats = loop.stats()
     # The first decision sees an empty cache (a keyframe is compared with the cache as it was before it).
     assert stats.cache_size == 6 and stats.cache_injections == 2
+    bank = loop.store.snapshot()[1]
+    mean = (bank @ bank.T).fill_diagonal_(0).sum().item() / (6 * 5)  # latent_pool: unit vectors, cosine
+    assert stats.cache_avg_similarity == pytest.approx(mean, abs=1e-6)
+    assert stats.cache_diversity_score == pytest.approx(max(0.0, 1.0 - mean), abs=1e-6)
     with pytest.raises(ValueError):
         loop.injected_latent(InjectionDecision(99, "none", "no injection"), latents(1, 1))
 

@@ -1,14 +1,17 @@
 """core.frames: the PNG encoder and the background frame writer (no ComfyUI)."""
 
 import io
+import os
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from core.frames import FrameWriter, encode_png, frame_name, to_uint8
+from core.frames import (FrameWriter, encode_png, frame_name, frames_on_disk, oldest_kept, shown_frame, to_uint8,
+                         unplayed_run)
 
 
 @pytest.mark.parametrize("shape", [(256, 512, 3), (1, 1, 3), (7, 13, 4), (9, 5, 1)])
@@ -43,17 +46,81 @@ def test_to_uint8_rounds_and_clamps():
     assert to_uint8(images).tolist() == [[[[0, 128, 255]]]]
 
 
-def test_the_writer_writes_each_frame_once_and_prunes_beyond_retention(tmp_path):
-    written, pruned = [], []
-    writer = FrameWriter(tmp_path / "frames", retention=4, on_written=written.append, on_pruned=pruned.append)
+def test_the_writer_writes_each_frame_once_and_prunes_played_frames_beyond_retention(tmp_path):
+    written = []
+    writer = FrameWriter(tmp_path / "frames", retention=4, on_written=written.append, first_unplayed=lambda: 7)
     batch = np.stack([np.full((2, 3, 3), i, np.uint8) for i in range(3)])
     writer.submit(1, batch)
     writer.submit(4, batch)
     assert writer.flush(10)
     assert sorted(p.name for p in (tmp_path / "frames").iterdir()) == [frame_name(i) for i in range(3, 7)]
     assert [[i for i, _ in w] for w in written] == [[1, 2, 3], [4, 5, 6]]
-    assert pruned == [0, 3] and writer.last_written == 6 and writer.error is None
+    assert writer.last_written == 6 and writer.error is None
     assert np.asarray(Image.open(tmp_path / "frames" / frame_name(6))).max() == 2
+
+
+def test_the_writer_never_deletes_a_frame_playback_has_not_shown(tmp_path):
+    played = [0]  # frames 1.. are unplayed: playback lags far behind (a long buffer, a low fps)
+    writer = FrameWriter(tmp_path / "frames", retention=2, first_unplayed=lambda: played[0] + 1)
+    batch = np.zeros((5, 2, 2, 3), np.uint8)
+    for first in (1, 6, 11):
+        writer.submit(first, batch)
+    assert writer.flush(10)
+    assert sorted(frames_on_disk(tmp_path / "frames")) == list(range(1, 16))
+    played[0] = 9  # 1..9 played: 8 and 9 are the retention window
+    writer.submit(16, batch)
+    assert writer.flush(10)
+    assert sorted(frames_on_disk(tmp_path / "frames")) == list(range(8, 21))
+    played[0] = 20  # the loop stopped and playback went on to the end: pruned as it plays
+    writer.played()
+    writer.played()
+    assert writer.flush(10)
+    assert sorted(frames_on_disk(tmp_path / "frames")) == [19, 20]
+
+
+@pytest.mark.parametrize("last_written, first_unplayed, retention, expected", [
+    (100, None, 128, -27),  # nothing known: the newest 128 frames
+    (100, 101, 10, 91),     # every frame played: the newest 10
+    (100, 40, 10, 30),      # 60 unplayed: all of them and the 10 played before them
+    (100, 1, 128, -127),    # nothing played yet: nothing goes
+    (100, 150, 10, 91),     # a play position past the newest frame keeps the newest frames
+])
+def test_oldest_kept_keeps_the_unplayed_frames_and_the_retention_window(last_written, first_unplayed,
+                                                                       retention, expected):
+    assert oldest_kept(last_written, first_unplayed, retention) == expected
+
+
+def disk(*indices):
+    return {i: Path(f"/f/{frame_name(i)}") for i in indices}
+
+
+@pytest.mark.parametrize("frames, shown, next_frame, expected", [
+    (disk(1, 2, 3, 4, 5), 2, 6, [3, 4, 5]),        # 3..5 were made but not played
+    (disk(1, 2, 3, 4, 5), 5, 6, []),               # all played
+    (disk(1, 2, 3, 4, 5), None, 6, [1, 2, 3, 4, 5]),  # none played yet
+    (disk(1, 2, 4, 5), None, 6, [4, 5]),           # a hole: only the run up to the newest frame
+    (disk(3, 4, 5, 6, 7), 4, 6, [5]),              # 6 and 7 belong to a keyframe made again
+    (disk(), None, 1, []),                          # a new session
+    (disk(10, 11), 3, 12, [10, 11]),               # the frame shown is gone: from the oldest kept
+])
+def test_unplayed_run_after_a_restart(frames, shown, next_frame, expected):
+    assert [i for i, _ in unplayed_run(frames, shown, next_frame)] == expected
+
+
+def test_shown_frame_finds_the_linked_or_copied_frame(tmp_path):
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i in range(1, 5):
+        (folder / frame_name(i)).write_bytes(bytes([i]) * (10 + i % 2))
+    current = tmp_path / "current_frame.png"
+    assert shown_frame(frames_on_disk(folder), current) is None, "nothing shown yet"
+    os.link(folder / frame_name(2), current)
+    assert shown_frame(frames_on_disk(folder), current) == 2
+    current.unlink()
+    current.write_bytes((folder / frame_name(3)).read_bytes())
+    assert shown_frame(frames_on_disk(folder), current) == 3
+    current.write_bytes(b"another picture")
+    assert shown_frame(frames_on_disk(folder), current) is None
 
 
 def test_the_writer_reports_a_folder_it_cannot_make_and_recovers(tmp_path):

@@ -59,12 +59,35 @@ def test_min_buffer_is_capped_at_the_throttle_target():
     assert Player(min_buffer_seconds=2.0).start_frames == 7
 
 
-def test_force_start_plays_below_the_minimum():
+def test_force_start_plays_below_the_minimum_to_the_end_without_buffering():
     player = Player()
     player.add_frames(frames(0, 3))
-    assert player.tick(T0) is None
+    assert player.tick(T0) is None and player.metrics(T0).is_buffering
+    player.force_start()  # the loop stopped with 3 of the 35 frames the minimum buffer wants
+    assert [player.tick(due(k)).index for k in range(3)] == [0, 1, 2]
+    assert player.tick(due(3)) is None
+    drained = player.metrics(due(3))
+    assert drained.started and drained.frames_played == 3 and not drained.is_buffering
+
+
+def test_force_start_with_nothing_ready_starts_on_the_first_frame_to_come():
+    player = Player(start_index=1)
     player.force_start()
+    assert player.tick(T0) is None and not player.metrics(T0).is_buffering
+    player.add_frame(1, "a")
+    assert player.tick(T0 + 1).index == 1
+
+
+def test_wait_for_buffer_brings_the_minimum_back_until_playback_starts():
+    player = Player()
+    player.add_frames(frames(0, 3))
+    player.force_start()
+    player.wait_for_buffer()  # the loop runs again before the next tick
+    assert player.tick(T0) is None and player.metrics(T0).is_buffering
+    player.add_frames(frames(3, 35))
     assert player.tick(T0).index == 0
+    player.wait_for_buffer()
+    assert player.tick(due(1)).index == 1, "a started playback goes on"
 
 
 def test_start_index_and_out_of_order_arrival():
@@ -134,7 +157,7 @@ def test_no_drift_over_10000_frames_with_a_jittery_ticker():
     assert max(lateness) < step + 1e-9
 
 
-# --- gaps, stalls, pause --------------------------------------------------------------------
+# --- gaps and stalls ------------------------------------------------------------------------
 
 
 def test_gap_waits_quietly_then_reanchors_after_a_stall():
@@ -167,22 +190,6 @@ def test_small_lateness_keeps_the_schedule():
     assert player.tick(late).index == 5
     assert player.next_due() == pytest.approx(due(6))
     assert player.tick(due(6)).index == 6
-
-
-def test_pause_holds_playback_and_resume_reanchors():
-    player = Player(target_seconds=0.0, min_buffer_seconds=0.0)
-    player.add_frames(frames(0, 20))
-    for k in range(3):
-        player.tick(due(k))
-    player.pause()
-    paused = player.metrics(due(3))
-    assert paused.paused and not paused.is_buffering
-    assert player.tick(due(3)) is None
-    assert player.tick(due(10)) is None
-    player.resume()
-    resumed_at = due(10) + 0.01
-    assert player.tick(resumed_at).index == 3
-    assert player.next_due() == pytest.approx(resumed_at + 1 / FPS)
 
 
 # --- throttling -----------------------------------------------------------------------------
@@ -282,23 +289,6 @@ def test_feeding_and_ticking_from_two_threads_keeps_strict_order():
         now += 1 / FPS
     producer.join()
     assert shown == list(range(total))
-
-
-def test_forget_before_jumps_over_deleted_frames():
-    now = [T0]
-    player = Player(fps=2.0, min_buffer_seconds=0, target_seconds=0, clock=lambda: now[0])
-    player.add_frames(frames(1, 11))
-    assert player.tick().index == 1
-    player.forget_before(8)
-    m = player.metrics()
-    assert m.next_index == 8 and m.frames_pending == 3 and m.frames_ready == 3
-    assert player.tick().index == 8, "re-anchored: the jump is shown at once"
-    assert player.tick() is None
-    now[0] += 0.5
-    assert player.tick().index == 9
-    player.add_frames(frames(11, 12))
-    player.forget_before(20)
-    assert player.metrics().frames_pending == 0 and player.metrics().next_index == 20
 
 
 def test_new_settings_keep_the_buffer_the_frame_shown_and_the_next_due_time():

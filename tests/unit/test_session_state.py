@@ -35,7 +35,9 @@ def test_commit_and_reload_round_trip(tmp_path):
     assert torch.equal(again.prev_latent, latents[-1])
     assert len(again.recent_latents) == 5 and all(torch.equal(x, y) for x, y in zip(again.recent_latents, latents[-5:]))
     assert again.seeds == [102, 103, 104, 105, 106] and again.stats == {"n": 6}
-    assert again.prompt == s.prompt and again.state == "running"
+    assert again.prompt == s.prompt
+    assert again.state == "interrupted", "running when the server stopped: nothing runs it after a restart"
+    assert again.summary()["resumable"] is True
     assert sorted(p.name for p in (tmp_path / "dream").glob("latents-*")) == ["latents-00000007.safetensors"]
 
 

@@ -249,3 +249,24 @@ def test_uint8_conversion_matches_numpy_on_every_boundary():
     image = values[: values.numel() // 3 * 3].reshape(1, 1, -1, 3)
     expected = np.clip(255.0 * image.numpy(), 0, 255).astype(np.uint8)
     np.testing.assert_array_equal(sim.images_to_uint8(image), expected)
+
+
+def test_mean_pairwise_similarity_averages_the_distinct_pairs():
+    strategy = sim.get_strategy("latent_pool")
+    a, b, c = torch.eye(3)
+    bank = torch.stack([a, a, b, (a + c) / 2**0.5])
+    # Pairs: (a,a)=1, (a,b)=0 twice, (a,(a+c)/sqrt2)=1/sqrt2 twice, (b,(a+c)/sqrt2)=0.
+    expected = (1.0 + 2 * 2**-0.5) / 6
+    assert sim.mean_pairwise_similarity(strategy, bank) == pytest.approx(expected)
+    assert sim.mean_pairwise_similarity(strategy, bank[:1]) is None
+    assert sim.mean_pairwise_similarity(strategy, bank[:0]) is None
+
+
+def test_mean_pairwise_similarity_samples_large_banks_evenly():
+    strategy = sim.get_strategy("latent_pool")
+    bank = F.normalize(torch.randn(1000, 8, generator=torch.Generator().manual_seed(3)), dim=1)
+    rows = torch.linspace(0, 999, 50).round().long()
+    assert sim.mean_pairwise_similarity(strategy, bank, sample=50) == pytest.approx(
+        sim.mean_pairwise_similarity(strategy, bank[rows], sample=50))
+    assert sim.mean_pairwise_similarity(strategy, bank, sample=2000) == pytest.approx(
+        ((bank.sum(0) @ bank.sum(0)).item() - 1000) / (1000 * 999), abs=1e-6)

@@ -28,6 +28,7 @@ def build(**overrides):
         "buffer": playing_metrics(),
         "uptime_seconds": 5400.0,
         "current_prompt": "black, white, ethereal digital angel",
+        "mode": "hybrid",
         "generation_time": 2.1234,
         "now": NOW,
     }
@@ -48,7 +49,7 @@ def test_rainmeter_regex_matches_the_serialised_status():
     match = status.RAINMETER_STATUS_PATTERN.search(status.status_json(document))
     assert match is not None
     assert match.groups() == (
-        "7", "2.123", "live", "hybrid_buffered", "black, white, ethereal digital angel", "23",
+        "7", "2.123", "live", "hybrid", "black, white, ethereal digital angel", "23",
         "1.5", "running", "ready", "generating", "false",
     )
 
@@ -171,9 +172,24 @@ def test_times_and_daemon_fields():
     assert document["daemon_uptime_hours"] == 2.0
     assert (document["daemon_status"], document["comfyui_status"]) == ("running", "ready")
     assert (document["comfyui_restarts"], document["controller_restarts"]) == (0, 0)
-    assert document["current_mode"] == "hybrid_buffered"
     assert document["last_update"] == "2025-11-15T12:30:00"
     assert build(generation_time=float("inf"))["generation_time"] == 0.0
+
+
+@pytest.mark.parametrize("mode", ["hybrid", "img2img", "interpolate"])
+def test_current_mode_is_the_mode_of_the_last_keyframe(mode):
+    assert build(mode=mode)["current_mode"] == mode
+
+
+def test_current_mode_before_the_first_keyframe_is_idle_and_matches_the_widget():
+    document = build(mode=None)
+    assert document["current_mode"] == "idle"
+    assert status.RAINMETER_STATUS_PATTERN.search(status.status_json(document)).group(4) == "idle"
+
+
+def test_interrupted_state_is_not_generating_nor_buffering():
+    document = build(state="interrupted", buffer=Player().metrics(T0))
+    assert (document["state"], document["status"], document["controller_status"]) == ("interrupted",) * 3
 
 
 def test_json_serialisation():

@@ -153,7 +153,8 @@ export class CrossfadeStage {
 /**
  * Reads a session's frame stream and shows it on a CrossfadeStage, newest first when behind:
  * the reader keeps only the latest unshown part, so a slow display skips frames (still in order)
- * instead of letting the connection back up. Reconnects after errors until `stop()`.
+ * instead of letting the connection back up. Reconnects after errors and after the end of a
+ * stream (a stopped session) until `stop()`.
  */
 export class FramePlayer {
   constructor(container, { streamUrl, crossfade = DEFAULT_CROSSFADE, fit = "contain",
@@ -196,7 +197,8 @@ export class FramePlayer {
           this.pending = { index: part.index, blob: new Blob([part.bytes], { type: part.type }) };
           this.wake?.();
         }
-        throw new Error("the stream ended");
+        // The server ends a stream once the session stops and its last frame was sent: look again
+        // later (it may be started again), without an error.
       } catch (error) {
         if (signal.aborted) return;
         this.onError(error);
