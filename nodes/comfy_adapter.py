@@ -16,6 +16,8 @@ from server import PromptServer
 
 import comfy.model_management as model_management
 
+from ..core.supervisor import ConfigurationError
+
 try:
     from comfy_api.v0_0_2 import ComfyExtension, io, ui
 except ImportError:  # pragma: no cover - ComfyUI builds without the versioned namespace
@@ -162,8 +164,10 @@ class ComfyBackend:
                 details = "; ".join(f"node {nid}: {e.get('message')} ({e.get('details')})"
                                     for nid, node in (data.get("node_errors") or {}).items()
                                     for e in node.get("errors", []))
-                raise RuntimeError(f"ComfyUI refused the stored workflow: {error.get('message')}"
-                                   + (f" — {details}" if details else ""))
+                # 400: the workflow failed ComfyUI's validation (a model file gone, a value out of range).
+                refused = ConfigurationError if resp.status == 400 else RuntimeError
+                raise refused(f"ComfyUI refused the stored workflow: {error.get('message')}"
+                              + (f" — {details}" if details else ""))
 
     def delete_history(self, prompt_id: str) -> None:
         self.queue.delete_history_item(prompt_id)

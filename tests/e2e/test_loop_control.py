@@ -21,6 +21,22 @@ pytestmark = pytest.mark.e2e
 UMASK = 0o027
 
 
+def test_configuration_error_pauses_at_once_without_retries(comfy):
+    wf = dream_workflow("lost_dreamer")
+    wf["5"]["inputs"]["mode"] = "interpolate"  # an empty cache and no seed folder: nothing to walk between
+    comfy.queue(wf)
+    paused = comfy.wait_for(lambda: (s := comfy.session("lost_dreamer")) and s["state"] == "paused" and s,
+                            timeout=60, what="the configuration error to pause the session")
+    error = paused["last_error"]
+    assert "DreamWindowKeyframeSource" in error["message"] and "seed_folder" in error["message"], error
+    assert error["retries"] == 0, error
+    time.sleep(1.5)  # the first retry would come after 0.5 s
+    log = comfy.log_tail(400000)
+    assert "dream_window[lost_dreamer]: iteration failed (" not in log, "a configuration error is never retried"
+    assert "dream_window[lost_dreamer]: configuration error" in log
+    assert comfy.session("lost_dreamer")["last_error"]["retries"] == 0
+
+
 def test_iterations_flag_makes_exactly_that_many_keyframes(tmp_path):
     base = tmp_path / "demo"
     run = [sys.executable, str(REPO / "harness" / "run_dream.py"), "--iterations", "2", "--port", str(free_port()),

@@ -224,3 +224,31 @@ def test_clear_queue_pauses_instead_of_waiting_forever(tmp_path):
         await settle(lambda: session.state == "paused")
         assert session.error is None and len(backend.queued) == 1
     run(main())
+
+
+@pytest.mark.parametrize("exception_type", [sup_mod.type_name(sup_mod.ConfigurationError), "FileNotFoundError"])
+def test_an_error_no_retry_can_fix_pauses_at_once(tmp_path, exception_type):
+    async def main():
+        session, backend, sup = make(tmp_path)
+        sup.attach("u1", PROMPT, None, {"enabled": True})
+        backend.results["u1"] = ("error", {"message": "no seed_folder", "exception_type": exception_type})
+        await settle(lambda: session.state == "paused")
+        await asyncio.sleep(0.05)
+        assert backend.queued == [] and session.error["retries"] == 0 and session.error["message"] == "no seed_folder"
+    run(main())
+
+
+def test_a_workflow_the_server_refuses_as_invalid_pauses_at_once(tmp_path):
+    async def main():
+        session, backend, sup = make(tmp_path)
+
+        async def refuse(prompt, client_id, prompt_id):
+            backend.queued.append((prompt_id, prompt, client_id))
+            raise sup_mod.ConfigurationError("ComfyUI refused the stored workflow: model not found")
+        backend.queue_prompt = refuse
+        sup.attach("u1", PROMPT, None, {"enabled": True})
+        backend.results["u1"] = ("success", None)
+        await settle(lambda: session.state == "paused")
+        await asyncio.sleep(0.05)
+        assert len(backend.queued) == 1 and session.error["retries"] == 0
+    run(main())
