@@ -41,6 +41,10 @@ class ConfigurationError(RuntimeError):
     the first one, with its message. The nodes raise it through ``nodes.common.fail``."""
 
 
+class ControlRefused(Exception):
+    """A control call the session's state does not allow; the message says why and what to do."""
+
+
 def type_name(cls: type) -> str:
     """An exception class as ComfyUI's history names it (``exception_type``): module and qualified
     name, or the bare name of a builtin."""
@@ -130,12 +134,18 @@ class Supervisor:
 
     # -- control, called from routes on the loop --
     async def start(self, client_id: str | None = None) -> str:
-        """Queue the stored prompt and mark the session running."""
+        """Queue the stored prompt and mark the session running (``ControlRefused`` when there is no
+        stored prompt, or the session has reached its ``max_iterations``)."""
         s = self.session
         with s.lock:
             if s.prompt is None:
-                raise LookupError(f"session {s.name!r} has no stored workflow yet: queue the Dream Window "
-                                  f"workflow once (Queue button or POST /prompt)")
+                raise ControlRefused(f"session {s.name!r} has no stored workflow yet: queue the Dream Window "
+                                     f"workflow once (Queue button or POST /prompt)")
+            limit = int(s.settings.get("max_iterations") or 0)
+            if limit and s.iteration >= limit:
+                raise ControlRefused(f"session {s.name!r} has finished: it reached max_iterations={limit}; raise "
+                                     f"max_iterations in its Dream Window AutoQueue node (0 = endless) and queue "
+                                     f"the workflow again")
             if client_id:
                 s.client_id = client_id
             s.state, s.error = "running", None
@@ -146,13 +156,17 @@ class Supervisor:
             return "already queued"
         return await self._queue()
 
-    def set_state(self, state: str) -> None:
-        """Pause or stop: takes effect at the next iteration boundary."""
+    def set_state(self, state: str) -> bool:
+        """Pause or stop: takes effect at the next iteration boundary. A pause leaves a stopped or idle
+        session as it is (nothing runs that could be paused): False then, else True."""
         with self.session.lock:
+            if state == "paused" and self.session.state in ("stopped", "idle"):
+                return False
             self.session.state = state
             self._save()
         self._wake.set()
         self.notify(self.session.summary())
+        return True
 
     def _save(self) -> None:
         """Persist the control state; a failed write is logged, never fatal.

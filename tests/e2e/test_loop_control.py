@@ -21,6 +21,37 @@ pytestmark = pytest.mark.e2e
 UMASK = 0o027
 
 
+def finished(server, name: str):
+    """The session once it is no longer running and nothing of it is queued, else None."""
+    s = server.session(name)
+    queue = server.get("/queue")
+    return s if s and s["state"] != "running" and not queue["queue_running"] and not queue["queue_pending"] else None
+
+
+def test_start_on_a_finished_session_says_so_and_pause_keeps_it_stopped(comfy):
+    wf = dream_workflow("limited")
+    wf["10"]["inputs"]["max_iterations"] = 2
+    comfy.queue(wf)
+    done = comfy.wait_for(lambda: finished(comfy, "limited"), timeout=60, what="max_iterations=2 to stop the loop")
+    assert done["state"] == "stopped" and done["iteration"] == 2
+
+    status, body = comfy.post_json("/dream_window/start", {"session": "limited"})
+    assert status == 409 and "max_iterations=2" in body["error"] and "AutoQueue" in body["error"], body
+    status, body = comfy.post_json("/dream_window/resume", {"session": "limited"})
+    assert status == 409 and "max_iterations=2" in body["error"], body
+    status, body = comfy.post_json("/dream_window/pause", {"session": "limited"})
+    assert status == 409 and "stopped" in body["error"] and "nothing to pause" in body["error"], body
+    time.sleep(1.0)
+    after = comfy.session("limited")
+    assert after["state"] == "stopped" and after["iteration"] == 2, after
+
+    wf["10"]["inputs"]["max_iterations"] = 3  # a new limit: queue the workflow with it
+    comfy.queue(wf)
+    again = comfy.wait_for(lambda: (s := finished(comfy, "limited")) and s["iteration"] == 3 and s, timeout=60,
+                           what="the raised limit to run one more iteration")
+    assert again["state"] == "stopped"
+
+
 def test_configuration_error_pauses_at_once_without_retries(comfy):
     wf = dream_workflow("lost_dreamer")
     wf["5"]["inputs"]["mode"] = "interpolate"  # an empty cache and no seed folder: nothing to walk between
