@@ -68,6 +68,37 @@ def test_configuration_error_pauses_at_once_without_retries(comfy):
     assert comfy.session("lost_dreamer")["last_error"]["retries"] == 0
 
 
+@pytest.fixture(scope="module")
+def tls_server(tmp_path_factory):
+    """A server on https with a self-signed certificate for 127.0.0.1 made here, under umask 027."""
+    if shutil.which("openssl") is None:
+        pytest.skip("the openssl command is needed to make the test certificate")
+    base = tmp_path_factory.mktemp("tls")
+    cert, key = base / "cert.pem", base / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                    "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    server = ComfyServer(base / "comfy", tls=(cert, key), umask=UMASK).start()
+    yield server
+    server.stop()
+
+
+def test_self_requeue_runs_over_tls_and_files_follow_the_umask(tls_server):
+    wf = dream_workflow("secure")
+    wf["10"]["inputs"]["max_iterations"] = 5  # 45 frames: past the 35-frame minimum buffer, so playback starts
+    tls_server.queue(wf)
+    done = tls_server.wait_for(lambda: finished(tls_server, "secure"), timeout=90, what="5 iterations over https")
+    assert done["iteration"] == 5 and done["state"] == "stopped" and done["last_error"] is None, done
+
+    folder = tls_server.base / "output" / "dream_window" / "secure"
+    tls_server.wait_for(lambda: (folder / "current_frame.png").exists(), timeout=30, what="playback to start")
+    files = [folder / "current_frame.png", folder / "status.json", folder / "state.json",
+             *sorted((folder / "frames").glob("frame_*.png"))]
+    assert len(files) == 3 + 45
+    modes = {path.name: oct(stat.S_IMODE(path.stat().st_mode)) for path in files}
+    assert set(modes.values()) == {oct(0o666 & ~UMASK)}, modes
+
+
 def test_iterations_flag_makes_exactly_that_many_keyframes(tmp_path):
     base = tmp_path / "demo"
     run = [sys.executable, str(REPO / "harness" / "run_dream.py"), "--iterations", "2", "--port", str(free_port()),
