@@ -13,12 +13,13 @@ import time
 
 import pytest
 
-from harness.comfy_process import REPO, ComfyServer, free_port
+from harness.comfy_process import REPO, TINY_SD15, ComfyServer, ensure_models, free_port
 from loop_helpers import dream_workflow
 
 pytestmark = pytest.mark.e2e
 
 UMASK = 0o027
+VANISHING = "dw_vanishing.safetensors"
 
 
 def finished(server, name: str):
@@ -69,34 +70,55 @@ def test_configuration_error_pauses_at_once_without_retries(comfy):
 
 
 @pytest.fixture(scope="module")
-def tls_server(tmp_path_factory):
-    """A server on https with a self-signed certificate for 127.0.0.1 made here, under umask 027."""
+def own_server(tmp_path_factory):
+    """A server of these tests' own: https with a self-signed certificate for 127.0.0.1 made here, umask 027,
+    and a models folder of links, one of them (``VANISHING``) a checkpoint a test may remove."""
     if shutil.which("openssl") is None:
         pytest.skip("the openssl command is needed to make the test certificate")
-    base = tmp_path_factory.mktemp("tls")
+    base = tmp_path_factory.mktemp("own")
     cert, key = base / "cert.pem", base / "key.pem"
     subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
                     "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
                     "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
-    server = ComfyServer(base / "comfy", tls=(cert, key), umask=UMASK).start()
+    shared, models = ensure_models(("taesd", "sd15")), base / "models"
+    (models / "checkpoints").mkdir(parents=True)
+    (models / "vae_approx").symlink_to(shared / "vae_approx", target_is_directory=True)
+    for name in (TINY_SD15, VANISHING):
+        (models / "checkpoints" / name).symlink_to(shared / "checkpoints" / TINY_SD15)
+    server = ComfyServer(base / "comfy", tls=(cert, key), umask=UMASK, models=models).start()
     yield server
     server.stop()
 
 
-def test_self_requeue_runs_over_tls_and_files_follow_the_umask(tls_server):
+def test_self_requeue_runs_over_tls_and_files_follow_the_umask(own_server):
     wf = dream_workflow("secure")
     wf["10"]["inputs"]["max_iterations"] = 5  # 45 frames: past the 35-frame minimum buffer, so playback starts
-    tls_server.queue(wf)
-    done = tls_server.wait_for(lambda: finished(tls_server, "secure"), timeout=90, what="5 iterations over https")
+    own_server.queue(wf)
+    done = own_server.wait_for(lambda: finished(own_server, "secure"), timeout=90, what="5 iterations over https")
     assert done["iteration"] == 5 and done["state"] == "stopped" and done["last_error"] is None, done
 
-    folder = tls_server.base / "output" / "dream_window" / "secure"
-    tls_server.wait_for(lambda: (folder / "current_frame.png").exists(), timeout=30, what="playback to start")
+    folder = own_server.base / "output" / "dream_window" / "secure"
+    own_server.wait_for(lambda: (folder / "current_frame.png").exists(), timeout=30, what="playback to start")
     files = [folder / "current_frame.png", folder / "status.json", folder / "state.json",
              *sorted((folder / "frames").glob("frame_*.png"))]
     assert len(files) == 3 + 45
     modes = {path.name: oct(stat.S_IMODE(path.stat().st_mode)) for path in files}
     assert set(modes.values()) == {oct(0o666 & ~UMASK)}, modes
+
+
+def test_a_model_file_removed_mid_run_pauses_at_once(own_server):
+    wf = dream_workflow("vanishing")
+    wf["1"]["inputs"]["ckpt_name"] = VANISHING
+    own_server.queue(wf)
+    own_server.wait_for(lambda: (own_server.session("vanishing") or {}).get("iteration", 0) >= 1, timeout=60,
+                        what="the first iteration")
+    (own_server.base.parent / "models" / "checkpoints" / VANISHING).unlink()
+    paused = own_server.wait_for(lambda: (s := own_server.session("vanishing"))["state"] == "paused" and s,
+                                 timeout=60, what="the refused workflow to pause the session")
+    error = paused["last_error"]
+    assert "ComfyUI refused the stored workflow" in error["message"] and VANISHING in error["message"], error
+    assert error["retries"] == 0, error
+    assert "dream_window[vanishing]: iteration failed (" not in own_server.log_tail(400000)
 
 
 def test_iterations_flag_makes_exactly_that_many_keyframes(tmp_path):
