@@ -10,8 +10,8 @@ from __future__ import annotations
 import fnmatch
 import json
 import os
+import secrets
 import signal
-import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
@@ -55,7 +55,10 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: st
     """Write ``path`` atomically; ``write(fileobj)`` fills a temp file in the same folder."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    # Created like any file the server writes: 0666 less the umask (``mkstemp`` would make it 0600, so a
+    # desktop widget or web server running as another user could not read the frames and status).
+    tmp = target.with_name(f".{target.name}.{secrets.token_hex(8)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
     try:
         with os.fdopen(fd, mode) as fh:
             write(fh)

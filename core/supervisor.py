@@ -7,7 +7,8 @@ supervisor, which waits for that prompt to land in ComfyUI's history and then:
 * success → re-queues the stored prompt (after the autoqueue's minimum delay, while the
   session is running, below ``max_iterations`` and not held back by the playback buffer);
 * error → retries with backoff up to ``MAX_RETRIES`` times, then pauses the session with
-  the error recorded;
+  the error recorded; a configuration error (``ConfigurationError``, a missing model file, a
+  workflow the server refuses) pauses it at once, since no retry can fix it;
 * interrupted (the user's Cancel) or removed from the queue (clear queue) → pauses, never retries.
 
 Exactly one chain per session: nothing is re-queued while another prompt of the session
@@ -33,6 +34,31 @@ POLL_INTERVAL = 0.002
 """Seconds between looks at the watched prompts: half of it is, on average, added to the gap
 between two iterations; a look is two dictionary lookups under ComfyUI's queue lock."""
 HOLD_POLL = 0.5
+
+
+class ConfigurationError(RuntimeError):
+    """An error no retry can fix (a setting, a wire, a missing model or folder): the session pauses on
+    the first one, with its message. The nodes raise it through ``nodes.common.fail``."""
+
+
+class ControlRefused(Exception):
+    """A control call the session's state does not allow; the message says why and what to do."""
+
+
+def type_name(cls: type) -> str:
+    """An exception class as ComfyUI's history names it (``exception_type``): module and qualified
+    name, or the bare name of a builtin."""
+    return cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+
+
+CONFIGURATION_ERRORS = frozenset({type_name(ConfigurationError), type_name(FileNotFoundError)})
+"""The ``exception_type`` of the errors no retry can fix: ours, and the ``FileNotFoundError`` ComfyUI
+raises for a model file that is not there. Out of memory, other I/O errors and the rest are retried."""
+
+
+def retryable(error: dict | None) -> bool:
+    """Whether a failed iteration is worth retrying (see ``CONFIGURATION_ERRORS``)."""
+    return (error or {}).get("exception_type") not in CONFIGURATION_ERRORS
 
 
 def describe_error(error: dict | None) -> str:
@@ -108,12 +134,18 @@ class Supervisor:
 
     # -- control, called from routes on the loop --
     async def start(self, client_id: str | None = None) -> str:
-        """Queue the stored prompt and mark the session running."""
+        """Queue the stored prompt and mark the session running (``ControlRefused`` when there is no
+        stored prompt, or the session has reached its ``max_iterations``)."""
         s = self.session
         with s.lock:
             if s.prompt is None:
-                raise LookupError(f"session {s.name!r} has no stored workflow yet: queue the Dream Window "
-                                  f"workflow once (Queue button or POST /prompt)")
+                raise ControlRefused(f"session {s.name!r} has no stored workflow yet: queue the Dream Window "
+                                     f"workflow once (Queue button or POST /prompt)")
+            limit = int(s.settings.get("max_iterations") or 0)
+            if limit and s.iteration >= limit:
+                raise ControlRefused(f"session {s.name!r} has finished: it reached max_iterations={limit}; raise "
+                                     f"max_iterations in its Dream Window AutoQueue node (0 = endless) and queue "
+                                     f"the workflow again")
             if client_id:
                 s.client_id = client_id
             s.state, s.error = "running", None
@@ -124,13 +156,17 @@ class Supervisor:
             return "already queued"
         return await self._queue()
 
-    def set_state(self, state: str) -> None:
-        """Pause or stop: takes effect at the next iteration boundary."""
+    def set_state(self, state: str) -> bool:
+        """Pause or stop: takes effect at the next iteration boundary. A pause leaves a stopped or idle
+        session as it is (nothing runs that could be paused): False then, else True."""
         with self.session.lock:
+            if state == "paused" and self.session.state in ("stopped", "idle"):
+                return False
             self.session.state = state
             self._save()
         self._wake.set()
         self.notify(self.session.summary())
+        return True
 
     def _save(self) -> None:
         """Persist the control state; a failed write is logged, never fatal.
@@ -197,6 +233,11 @@ class Supervisor:
                 log.error("dream_window[%s]: iteration failed (%s); autoqueue is off, not retried",
                           s.name, describe_error(error))
                 return
+            if not retryable(error):
+                log.error("dream_window[%s]: configuration error, which no retry can fix; session paused: %s",
+                          s.name, describe_error(error))
+                self.set_state("paused")
+                return
             if self.failures > MAX_RETRIES:
                 log.error("dream_window[%s]: iteration failed %d times; session paused: %s",
                           s.name, self.failures, describe_error(error))
@@ -236,7 +277,8 @@ class Supervisor:
         try:
             await self._queue()
         except Exception as exc:  # a rejected prompt counts as a failed iteration
-            await self._outcome("error", {"message": str(exc), "node_type": "POST /prompt", "node_id": None})
+            await self._outcome("error", {"message": str(exc), "node_type": "POST /prompt", "node_id": None,
+                                          "exception_type": type_name(type(exc))})
 
     async def _queue(self) -> str:
         s = self.session

@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -53,8 +54,12 @@ class ComfyServer:
     def __init__(self, base: Path, port: int | None = None, env: dict | None = None,
                  extra_packs: dict[str, Path] | None = None, models: Path | None = None,
                  python: str = sys.executable, listen: str = "127.0.0.1", cpu: bool = True,
-                 comfyui_dir: Path = COMFYUI_DIR, link_pack: bool = True):
-        """``link_pack=False``: the pack is not linked in (e.g. a test installed it into ``custom_nodes``)."""
+                 comfyui_dir: Path = COMFYUI_DIR, link_pack: bool = True,
+                 tls: tuple[Path, Path] | None = None, umask: int | None = None):
+        """``link_pack=False``: the pack is not linked in (e.g. a test installed it into ``custom_nodes``).
+        ``tls``: (certificate, key) files to serve https with (``--tls-certfile/--tls-keyfile``); the
+        helpers below trust that certificate (a self-signed one for 127.0.0.1 made by a test). ``umask``: the
+        server process's umask (default: inherited)."""
         self.base = Path(base)
         self.comfyui_dir = Path(comfyui_dir)
         self.port = port or free_port()
@@ -62,6 +67,8 @@ class ComfyServer:
         self.python = python
         self.listen = listen
         self.cpu = cpu
+        self.tls = tls
+        self.umask = umask
         self.proc: subprocess.Popen | None = None
         self.client_id = uuid.uuid4().hex
         (self.base / "custom_nodes").mkdir(parents=True, exist_ok=True)
@@ -75,7 +82,7 @@ class ComfyServer:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     @property
     def log_path(self) -> Path:
@@ -87,9 +94,12 @@ class ComfyServer:
                "--disable-api-nodes"]
         if self.cpu:
             cmd.append("--cpu")
+        if self.tls:
+            cmd += ["--tls-certfile", str(self.tls[0]), "--tls-keyfile", str(self.tls[1])]
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(cmd, cwd=self.comfyui_dir, stdout=log, stderr=subprocess.STDOUT,
-                                     env={**os.environ, **self.env}, start_new_session=True)
+                                     env={**os.environ, **self.env}, start_new_session=True,
+                                     umask=-1 if self.umask is None else self.umask)
         deadline = time.time() + timeout
         while time.time() < deadline:
             if self.proc.poll() is not None:
@@ -116,8 +126,9 @@ class ComfyServer:
     def request(self, method: str, path: str, body: bytes | None = None, headers: dict | None = None,
                 timeout: float = 30) -> tuple[int, bytes, dict]:
         req = urllib.request.Request(self.url + path, data=body, method=method, headers=headers or {})
+        context = ssl.create_default_context(cafile=str(self.tls[0])) if self.tls else None
         try:
-            with urllib.request.urlopen(req, timeout=timeout) as resp:
+            with urllib.request.urlopen(req, timeout=timeout, context=context) as resp:
                 return resp.status, resp.read(), dict(resp.headers)
         except urllib.error.HTTPError as err:
             return err.code, err.read(), dict(err.headers)

@@ -1,12 +1,14 @@
 """Runs the Dream Window loop headless on a real ComfyUI and reports where the frames go.
 
     python harness/run_dream.py [--iterations N] [--port 8188] [--session dream] [--checkpoint NAME]
+                                [--base DIR]
 
 * ComfyUI: COMFYUI_DIR if set (its models/ folder is used), else the harness build.
 * Checkpoint: --checkpoint / DW_CHECKPOINT, else the first .safetensors/.ckpt in models/checkpoints,
   else a synthetic random-weight demo model (frames are then abstract patterns, not pictures).
-* The server's base folder is .harness/demo, so a second run resumes the same session from its last
-  committed keyframe. Ctrl-C (or --iterations) stops the session and shuts the server down.
+* The server's base folder is .harness/demo (or --base DIR), so a second run resumes the same session
+  from its last committed keyframe. Ctrl-C stops the session and shuts the server down; --iterations N
+  sets the AutoQueue's max_iterations to N past where the session stands, so exactly N keyframes are made.
 """
 
 from __future__ import annotations
@@ -49,6 +51,8 @@ def main() -> int:
     parser.add_argument("--listen", default="127.0.0.1", help="address ComfyUI listens on")
     parser.add_argument("--session", default="dream")
     parser.add_argument("--checkpoint", default=os.environ.get("DW_CHECKPOINT"))
+    parser.add_argument("--base", type=Path, default=HARNESS / "demo",
+                        help="ComfyUI's base folder (output/, user/, linked models/); a session there resumes")
     args = parser.parse_args()
     if args.iterations < 0:
         parser.error("--iterations must be >= 0")
@@ -70,9 +74,8 @@ def main() -> int:
               "checkpoint in models/checkpoints for real dreams.")
     wf["1"]["inputs"]["ckpt_name"] = checkpoint
     wf["4"]["inputs"]["name"] = args.session
-    wf["10"]["inputs"]["max_iterations"] = 0
 
-    base = HARNESS / "demo"
+    base = args.base
     server = ComfyServer(base, port=args.port, models=models, python=python, listen=args.listen,
                          cpu=not cuda_available(python))
     print(f"Starting ComfyUI from {COMFYUI_DIR} on http://{args.listen}:{args.port} (log: {server.log_path}) ...")
@@ -83,6 +86,8 @@ def main() -> int:
     try:
         before = server.session(args.session)
         start_iteration = before["iteration"] if before else 0
+        # The supervisor stops the loop at the limit (counted across restarts), so no iteration past it starts.
+        wf["10"]["inputs"]["max_iterations"] = start_iteration + args.iterations if args.iterations else 0
         server.queue(wf)
         folder = base / "output" / "dream_window" / args.session
         print(f"Dreaming. Frames:        {folder / 'frames'}\n"
@@ -94,12 +99,13 @@ def main() -> int:
         while not stopping["now"]:
             time.sleep(0.5)
             state = server.session(args.session) or {}
-            done = state.get("iteration", 0) - start_iteration
-            if time.time() - last >= 5 or (args.iterations and done >= args.iterations):
+            finished = args.iterations and state.get("iteration", 0) - start_iteration >= args.iterations \
+                and state.get("state") == "stopped"
+            if time.time() - last >= 5 or finished:
                 last = time.time()
                 print(f"  iteration {state.get('iteration')}  frames {state.get('frames')}  state {state.get('state')}"
                       + (f"  last error: {state['last_error'].get('message')}" if state.get("last_error") else ""))
-            if args.iterations and done >= args.iterations:
+            if finished:
                 break
             if state.get("state") in ("paused", "stopped") and state.get("last_error"):
                 print("The session paused on an error; see the log above and the server log.")

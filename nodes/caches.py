@@ -112,7 +112,7 @@ class CacheRegistry:
         except Exception as exc:
             raise fail(node, f"the cache analysis of the last keyframe failed: {exc}; the loop retries it, "
                              f"then pauses: fix the cause (or change the cache settings), then start the "
-                             f"session again") from exc
+                             f"session again", retry=True) from exc
 
 
 CACHES = CacheRegistry()

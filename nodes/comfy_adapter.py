@@ -15,6 +15,9 @@ import folder_paths
 from server import PromptServer
 
 import comfy.model_management as model_management
+from comfy.cli_args import args as cli_args
+
+from ..core.supervisor import ConfigurationError
 
 try:
     from comfy_api.v0_0_2 import ComfyExtension, io, ui
@@ -167,15 +170,21 @@ class ComfyBackend:
             body["client_id"] = client_id
         if self._http is None or self._http.closed:
             self._http = aiohttp.ClientSession()
-        async with self._http.post(f"http://{host}:{srv.port}/prompt", json=body) as resp:
+        # The server's own scheme: with --tls-keyfile/--tls-certfile it serves https only. The certificate
+        # names the server's public host, not the address dialled here, and the peer is this very process,
+        # so it is not verified (ssl=False).
+        scheme = "https" if cli_args.tls_keyfile and cli_args.tls_certfile else "http"
+        async with self._http.post(f"{scheme}://{host}:{srv.port}/prompt", json=body, ssl=False) as resp:
             data = await resp.json()
             if resp.status != 200:
                 error = data.get("error") or {}
                 details = "; ".join(f"node {nid}: {e.get('message')} ({e.get('details')})"
                                     for nid, node in (data.get("node_errors") or {}).items()
                                     for e in node.get("errors", []))
-                raise RuntimeError(f"ComfyUI refused the stored workflow: {error.get('message')}"
-                                   + (f" — {details}" if details else ""))
+                # 400: the workflow failed ComfyUI's validation (a model file gone, a value out of range).
+                refused = ConfigurationError if resp.status == 400 else RuntimeError
+                raise refused(f"ComfyUI refused the stored workflow: {error.get('message')}"
+                              + (f" — {details}" if details else ""))
 
     def delete_history(self, prompt_id: str) -> None:
         self.queue.delete_history_item(prompt_id)

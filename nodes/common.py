@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+from ..core.supervisor import ConfigurationError
 from . import comfy_adapter as comfy
 from .comfy_adapter import io
 
@@ -17,9 +18,14 @@ def session_input() -> "io.Input":
                                                 "wire it from the DreamWindowSession node.")
 
 
-def fail(node: str, message: str) -> RuntimeError:
-    """An error that names the node, as users see it in ComfyUI's error dialog."""
-    return RuntimeError(f"{node}: {message}")
+def fail(node: str, message: str, retry: bool = False) -> RuntimeError:
+    """An error that names the node, as users see it in ComfyUI's error dialog.
+
+    A ``ConfigurationError`` (a setting, a wire, a missing file or folder), on which the session pauses at
+    once; ``retry=True`` for an error a retry can cure (a failed disk write, a failed cache analysis),
+    which the supervisor retries before it pauses.
+    """
+    return RuntimeError(f"{node}: {message}") if retry else ConfigurationError(f"{node}: {message}")
 
 
 def log_prefix(session: str, node: str) -> str:

@@ -393,7 +393,7 @@ class DreamWindowCommit(io.ComfyNode):
         if writer.error is not None:
             error, writer.error = writer.error, None
             raise fail(node, f"cannot write frames to {writer.folder}: {error}; free disk space or make the "
-                             f"folder writable, then start the session again")
+                             f"folder writable, then start the session again", retry=True)
         if state.iteration == 0 and images.shape[0] != 1:
             raise fail(node, f"the first iteration has no previous keyframe and must give 1 frame, got "
                              f"{images.shape[0]}; wire the Interpolate node's output into VAE Decode")
@@ -427,7 +427,7 @@ class DreamWindowCommit(io.ComfyNode):
                 first, _ = state.commit_keyframe(batch[-1:], int(seed), int(images.shape[0]), stats, updates)
             except OSError as exc:
                 raise fail(node, f"cannot save the session state in {state.folder}: {exc}; free disk space "
-                                 f"or make the folder writable, then start the session again") from exc
+                                 f"or make the folder writable, then start the session again", retry=True) from exc
             except ValueError as exc:  # JSON refuses NaN: a node input of the stored workflow holds one
                 raise fail(node, f"cannot save the session state in {state.folder}: {exc}; the workflow holds "
                                  f"NaN or infinity in an input: fix that input, then start the session "
@@ -454,7 +454,8 @@ class DreamWindowCommit(io.ComfyNode):
         except OSError as exc:
             fix = ("it is a file, not a folder: remove or rename that file" if folder.exists()
                    else "free disk space or make the folder writable")
-            raise fail(node, f"cannot write frames to {folder}: {exc}; {fix}, then start the session again") from exc
+            raise fail(node, f"cannot write frames to {folder}: {exc}; {fix}, then start the session again",
+                       retry=True) from exc
 
     @staticmethod
     def _offer_to_cache(loop, name, keyframe, batch, images, plan) -> None:
@@ -488,8 +489,8 @@ class DreamWindowAutoQueue(io.ComfyNode):
             category=CATEGORY,
             description="Keeps the loop going with no browser open: after each iteration the session's "
                         "supervisor (on ComfyUI's server) queues the workflow again, retries failed iterations "
-                        "up to 3 times and then pauses with the error. Stop or pause it from the Dream Window "
-                        "panel or POST /dream_window/stop.",
+                        "up to 3 times and then pauses with the error (on a configuration error at once). Stop "
+                        "or pause it from the Dream Window panel or POST /dream_window/stop.",
             search_aliases=["auto queue", "loop forever", "requeue"],
             is_output_node=True,
             inputs=[

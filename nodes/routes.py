@@ -18,6 +18,7 @@ from aiohttp import web
 from ..core.export import FORMATS, export_frames, write_session_zip
 from ..core.frames import FRAME_RE, frame_name
 from ..core.session import SessionError, validate_name
+from ..core.supervisor import ControlRefused
 from . import comfy_adapter as comfy
 from .caches import CACHES
 from .runtime import RUNTIME
@@ -99,10 +100,12 @@ async def control(request: web.Request) -> web.Response:
             writer.error = None  # a frame write error was reported; starting again is the fix the error names
         try:
             result["prompt_id"] = await sup.start(client_id)
-        except LookupError as exc:
-            return _error(409, f"{request.path}: {exc.args[0]}")
+        except ControlRefused as exc:
+            return _error(409, f"{request.path}: {exc}")
     elif action == "pause":
-        sup.set_state("paused")
+        if not sup.set_state("paused"):
+            return _error(409, f"{request.path}: session {name!r} is {RUNTIME.session(name).state}; nothing to "
+                               f"pause (POST /dream_window/start runs it)")
     elif action == "stop":
         sup.set_state("stopped")
     else:

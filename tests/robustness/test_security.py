@@ -383,8 +383,9 @@ BODIES = st.one_of(
 
 
 def post_expected_ok(action: str, body) -> bool:
-    """Whether a control POST for the security session is valid (only pause, stop and export are sent for it)."""
-    if not isinstance(body, dict) or body.get("session") != S:
+    """Whether a control POST for the security session is valid (only pause, stop and export are sent for it).
+    A pause is refused (409): the session ran once with its autoqueue off, so nothing runs that could pause."""
+    if not isinstance(body, dict) or body.get("session") != S or action == "pause":
         return False
     if action != "export":
         return True

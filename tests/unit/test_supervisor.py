@@ -150,14 +150,20 @@ def test_one_chain_when_another_prompt_of_the_session_is_queued(tmp_path):
     run(main())
 
 
+async def stopped_by_the_limit(tmp_path):
+    """A session that ``max_iterations`` = 1 stopped after its one keyframe, and nothing queued."""
+    session, backend, sup = make(tmp_path)
+    session.commit_keyframe(torch.zeros(1, 4, 2, 2), 1, 1, {})
+    sup.attach("u1", PROMPT, None, {"enabled": True, "max_iterations": 1})
+    backend.results["u1"] = ("success", None)
+    await settle(lambda: session.state == "stopped")
+    assert backend.queued == []
+    return session, backend, sup
+
+
 def test_max_iterations_and_disabled_autoqueue(tmp_path):
     async def main():
-        session, backend, sup = make(tmp_path)
-        session.commit_keyframe(torch.zeros(1, 4, 2, 2), 1, 1, {})
-        sup.attach("u1", PROMPT, None, {"enabled": True, "max_iterations": 1})
-        backend.results["u1"] = ("success", None)
-        await settle(lambda: session.state == "stopped")
-        assert backend.queued == []
+        session, backend, sup = await stopped_by_the_limit(tmp_path)
         sup.attach("u2", PROMPT, None, {"enabled": False, "max_iterations": 0})
         assert session.state == "idle"
         backend.results["u2"] = ("error", {"message": "x"})
@@ -194,7 +200,7 @@ def test_hold_delays_the_requeue(tmp_path):
 def test_start_without_stored_prompt(tmp_path):
     async def main():
         session, backend, sup = make(tmp_path)
-        with pytest.raises(LookupError, match="queue the Dream Window workflow once"):
+        with pytest.raises(sup_mod.ControlRefused, match="queue the Dream Window workflow once"):
             await sup.start()
     run(main())
 
@@ -223,4 +229,45 @@ def test_clear_queue_pauses_instead_of_waiting_forever(tmp_path):
         backend.removed.add(backend.queued[0][0])
         await settle(lambda: session.state == "paused")
         assert session.error is None and len(backend.queued) == 1
+    run(main())
+
+
+@pytest.mark.parametrize("exception_type", [sup_mod.type_name(sup_mod.ConfigurationError), "FileNotFoundError"])
+def test_an_error_no_retry_can_fix_pauses_at_once(tmp_path, exception_type):
+    async def main():
+        session, backend, sup = make(tmp_path)
+        sup.attach("u1", PROMPT, None, {"enabled": True})
+        backend.results["u1"] = ("error", {"message": "no seed_folder", "exception_type": exception_type})
+        await settle(lambda: session.state == "paused")
+        await asyncio.sleep(0.05)
+        assert backend.queued == [] and session.error["retries"] == 0 and session.error["message"] == "no seed_folder"
+    run(main())
+
+
+def test_a_workflow_the_server_refuses_as_invalid_pauses_at_once(tmp_path):
+    async def main():
+        session, backend, sup = make(tmp_path)
+
+        async def refuse(prompt, client_id, prompt_id):
+            backend.queued.append((prompt_id, prompt, client_id))
+            raise sup_mod.ConfigurationError("ComfyUI refused the stored workflow: model not found")
+        backend.queue_prompt = refuse
+        sup.attach("u1", PROMPT, None, {"enabled": True})
+        backend.results["u1"] = ("success", None)
+        await settle(lambda: session.state == "paused")
+        await asyncio.sleep(0.05)
+        assert len(backend.queued) == 1 and session.error["retries"] == 0
+    run(main())
+
+
+def test_a_finished_session_refuses_start_and_a_stopped_one_stays_stopped_on_pause(tmp_path):
+    async def main():
+        session, backend, sup = await stopped_by_the_limit(tmp_path)
+        with pytest.raises(sup_mod.ControlRefused, match="reached max_iterations=1"):
+            await sup.start()
+        assert sup.set_state("paused") is False and session.state == "stopped" and backend.queued == []
+        session.settings["max_iterations"] = 2
+        await sup.start()
+        assert session.state == "running" and len(backend.queued) == 1
+        assert sup.set_state("paused") is True and session.state == "paused"
     run(main())

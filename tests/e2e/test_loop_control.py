@@ -1,0 +1,135 @@
+"""The loop's control paths on a real ComfyUI: limits, control calls, errors no retry can fix,
+TLS, file modes, and the headless demo's ``--iterations``."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import stat
+import subprocess
+import sys
+import time
+
+import pytest
+
+from harness.comfy_process import REPO, TINY_SD15, ComfyServer, ensure_models, free_port
+from loop_helpers import dream_workflow
+
+pytestmark = pytest.mark.e2e
+
+UMASK = 0o027
+VANISHING = "dw_vanishing.safetensors"
+
+
+def finished(server, name: str):
+    """The session once it is no longer running and nothing of it is queued, else None."""
+    s = server.session(name)
+    queue = server.get("/queue")
+    return s if s and s["state"] != "running" and not queue["queue_running"] and not queue["queue_pending"] else None
+
+
+def test_start_on_a_finished_session_says_so_and_pause_keeps_it_stopped(comfy):
+    wf = dream_workflow("limited")
+    wf["10"]["inputs"]["max_iterations"] = 2
+    comfy.queue(wf)
+    done = comfy.wait_for(lambda: finished(comfy, "limited"), timeout=60, what="max_iterations=2 to stop the loop")
+    assert done["state"] == "stopped" and done["iteration"] == 2
+
+    status, body = comfy.post_json("/dream_window/start", {"session": "limited"})
+    assert status == 409 and "max_iterations=2" in body["error"] and "AutoQueue" in body["error"], body
+    status, body = comfy.post_json("/dream_window/resume", {"session": "limited"})
+    assert status == 409 and "max_iterations=2" in body["error"], body
+    status, body = comfy.post_json("/dream_window/pause", {"session": "limited"})
+    assert status == 409 and "stopped" in body["error"] and "nothing to pause" in body["error"], body
+    time.sleep(1.0)
+    after = comfy.session("limited")
+    assert after["state"] == "stopped" and after["iteration"] == 2, after
+
+    wf["10"]["inputs"]["max_iterations"] = 3  # a new limit: queue the workflow with it
+    comfy.queue(wf)
+    again = comfy.wait_for(lambda: (s := finished(comfy, "limited")) and s["iteration"] == 3 and s, timeout=60,
+                           what="the raised limit to run one more iteration")
+    assert again["state"] == "stopped"
+
+
+def test_configuration_error_pauses_at_once_without_retries(comfy):
+    wf = dream_workflow("lost_dreamer")
+    wf["5"]["inputs"]["mode"] = "interpolate"  # an empty cache and no seed folder: nothing to walk between
+    comfy.queue(wf)
+    paused = comfy.wait_for(lambda: (s := comfy.session("lost_dreamer")) and s["state"] == "paused" and s,
+                            timeout=60, what="the configuration error to pause the session")
+    error = paused["last_error"]
+    assert "DreamWindowKeyframeSource" in error["message"] and "seed_folder" in error["message"], error
+    assert error["retries"] == 0, error
+    time.sleep(1.5)  # the first retry would come after 0.5 s
+    log = comfy.log_tail(400000)
+    assert "dream_window[lost_dreamer]: iteration failed (" not in log, "a configuration error is never retried"
+    assert "dream_window[lost_dreamer]: configuration error" in log
+    assert comfy.session("lost_dreamer")["last_error"]["retries"] == 0
+
+
+@pytest.fixture(scope="module")
+def own_server(tmp_path_factory):
+    """A server of these tests' own: https with a self-signed certificate for 127.0.0.1 made here, umask 027,
+    and a models folder of links, one of them (``VANISHING``) a checkpoint a test may remove."""
+    if shutil.which("openssl") is None:
+        pytest.skip("the openssl command is needed to make the test certificate")
+    base = tmp_path_factory.mktemp("own")
+    cert, key = base / "cert.pem", base / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                    "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    shared, models = ensure_models(("taesd", "sd15")), base / "models"
+    (models / "checkpoints").mkdir(parents=True)
+    (models / "vae_approx").symlink_to(shared / "vae_approx", target_is_directory=True)
+    for name in (TINY_SD15, VANISHING):
+        (models / "checkpoints" / name).symlink_to(shared / "checkpoints" / TINY_SD15)
+    server = ComfyServer(base / "comfy", tls=(cert, key), umask=UMASK, models=models).start()
+    yield server
+    server.stop()
+
+
+def test_self_requeue_runs_over_tls_and_files_follow_the_umask(own_server):
+    wf = dream_workflow("secure")
+    wf["10"]["inputs"]["max_iterations"] = 5  # 45 frames: past the 35-frame minimum buffer, so playback starts
+    own_server.queue(wf)
+    done = own_server.wait_for(lambda: finished(own_server, "secure"), timeout=90, what="5 iterations over https")
+    assert done["iteration"] == 5 and done["state"] == "stopped" and done["last_error"] is None, done
+
+    folder = own_server.base / "output" / "dream_window" / "secure"
+    own_server.wait_for(lambda: (folder / "current_frame.png").exists(), timeout=30, what="playback to start")
+    files = [folder / "current_frame.png", folder / "status.json", folder / "state.json",
+             *sorted((folder / "frames").glob("frame_*.png"))]
+    assert len(files) == 3 + 45
+    modes = {path.name: oct(stat.S_IMODE(path.stat().st_mode)) for path in files}
+    assert set(modes.values()) == {oct(0o666 & ~UMASK)}, modes
+
+
+def test_a_model_file_removed_mid_run_pauses_at_once(own_server):
+    wf = dream_workflow("vanishing")
+    wf["1"]["inputs"]["ckpt_name"] = VANISHING
+    own_server.queue(wf)
+    own_server.wait_for(lambda: (own_server.session("vanishing") or {}).get("iteration", 0) >= 1, timeout=60,
+                        what="the first iteration")
+    (own_server.base.parent / "models" / "checkpoints" / VANISHING).unlink()
+    paused = own_server.wait_for(lambda: (s := own_server.session("vanishing"))["state"] == "paused" and s,
+                                 timeout=60, what="the refused workflow to pause the session")
+    error = paused["last_error"]
+    assert "ComfyUI refused the stored workflow" in error["message"] and VANISHING in error["message"], error
+    assert error["retries"] == 0, error
+    assert "dream_window[vanishing]: iteration failed (" not in own_server.log_tail(400000)
+
+
+def test_iterations_flag_makes_exactly_that_many_keyframes(tmp_path):
+    base = tmp_path / "demo"
+    for n, total in ((2, 2), (1, 3)):  # a second run resumes the session and counts its N from there
+        done = subprocess.run([sys.executable, str(REPO / "harness" / "run_dream.py"), "--iterations", str(n),
+                               "--port", str(free_port()), "--base", str(base)],
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stdout + done.stderr
+        state = json.loads((base / "output" / "dream_window" / "dream" / "state.json").read_text())
+        frames = sorted((base / "output" / "dream_window" / "dream" / "frames").glob("frame_*.png"))
+        assert state["iteration"] == total, done.stdout
+        assert len(frames) == 1 + (total - 1) * 11, "README: 1 + (k-1)(N+1) frames after k iterations"
+        # Not one iteration more is started, not even one the shutdown cuts short (on a fast GPU it commits).
+        assert (base / "comfy.log").read_text(errors="replace").count("got prompt") == total
