@@ -27,6 +27,8 @@ COMFYUI_DIR = Path(os.environ.get("COMFYUI_DIR", HARNESS / "ComfyUI"))
 PACK_NAME = "dream_window"
 TINY_SD15 = "dream_window_tiny_sd15.safetensors"
 TINY_CLIP_VISION = "dream_window_tiny_vitl.safetensors"
+NEWEST_FRONTEND = Path(os.environ.get("DW_FRONTEND_DIR", HARNESS / "frontend")) / "comfyui_frontend_package" / "static"
+"""The newest ComfyUI frontend, unpacked by ``harness/setup_frontend.sh`` (served with ``--front-end-root``)."""
 
 
 def free_port() -> int:
@@ -55,11 +57,13 @@ class ComfyServer:
                  extra_packs: dict[str, Path] | None = None, models: Path | None = None,
                  python: str = sys.executable, listen: str = "127.0.0.1", cpu: bool = True,
                  comfyui_dir: Path = COMFYUI_DIR, link_pack: bool = True,
-                 tls: tuple[Path, Path] | None = None, umask: int | None = None):
+                 tls: tuple[Path, Path] | None = None, umask: int | None = None,
+                 front_end_root: Path | None = None):
         """``link_pack=False``: the pack is not linked in (e.g. a test installed it into ``custom_nodes``).
         ``tls``: (certificate, key) files to serve https with (``--tls-certfile/--tls-keyfile``); the
         helpers below trust that certificate (a self-signed one for 127.0.0.1 made by a test). ``umask``: the
-        server process's umask (default: inherited)."""
+        server process's umask (default: inherited). ``front_end_root``: serve this frontend build instead of
+        the one ComfyUI ships (``--front-end-root``)."""
         self.base = Path(base)
         self.comfyui_dir = Path(comfyui_dir)
         self.port = port or free_port()
@@ -69,6 +73,7 @@ class ComfyServer:
         self.cpu = cpu
         self.tls = tls
         self.umask = umask
+        self.front_end_root = front_end_root
         self.proc: subprocess.Popen | None = None
         self.client_id = uuid.uuid4().hex
         (self.base / "custom_nodes").mkdir(parents=True, exist_ok=True)
@@ -96,6 +101,8 @@ class ComfyServer:
             cmd.append("--cpu")
         if self.tls:
             cmd += ["--tls-certfile", str(self.tls[0]), "--tls-keyfile", str(self.tls[1])]
+        if self.front_end_root:
+            cmd += ["--front-end-root", str(self.front_end_root)]
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(cmd, cwd=self.comfyui_dir, stdout=log, stderr=subprocess.STDOUT,
                                      env={**os.environ, **self.env}, start_new_session=True,

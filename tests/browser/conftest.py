@@ -3,18 +3,61 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
+from pathlib import Path
 
 import pytest
 from playwright.sync_api import sync_playwright
 
+from harness.comfy_process import NEWEST_FRONTEND, ComfyServer
+from loop_helpers import TEST_PACKS
+
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"]
-KNOWN_FRONTEND_ERROR = "Cannot read properties of undefined (reading 'id')"
-"""An uncaught error the ComfyUI frontend (1.32.9) always logs at start-up; not the pack's."""
 PACK_MARKERS = ("dream_window", "dream-window", "viewer.mjs")
 """Text that ties a console message to the pack: its JS URL, its routes, its events."""
 VIEWPORT = {"width": 1280, "height": 800}
+FRONTENDS = ("bundled", "newest")
+"""The frontend ComfyUI ships (1.32.9 with 0.3.75), and the newest comfyui-frontend-package."""
+
+
+@pytest.fixture(scope="session", params=FRONTENDS)
+def frontend(request) -> str:
+    """Every browser test runs once per frontend."""
+    return request.param
+
+
+@pytest.fixture(scope="session")
+def artifacts(artifacts, frontend) -> Path:
+    """Screenshots and console logs: those of the newest frontend in a folder of their own."""
+    if frontend == "bundled":
+        return artifacts
+    folder = artifacts / f"frontend-{frontend}"
+    folder.mkdir(exist_ok=True)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def comfy(frontend, comfy, artifacts):
+    """The server whose frontend the browser tests run against.
+
+    ``bundled`` is the shared end-to-end server; ``newest`` is a server of its own on the same ComfyUI,
+    serving the newest frontend (``harness/setup_frontend.sh``) with ``--front-end-root``.
+    """
+    if frontend == "bundled":
+        yield comfy
+        return
+    if not (NEWEST_FRONTEND / "index.html").is_file():
+        pytest.fail(f"{NEWEST_FRONTEND} is missing: run `bash harness/setup_frontend.sh` (with DW_FRONTEND_DIR "
+                    "set as for the tests). The browser tests run against both frontends and never skip.")
+    base = Path(tempfile.mkdtemp(prefix="dw-comfy-newest-"))
+    server = ComfyServer(base, extra_packs=TEST_PACKS, front_end_root=NEWEST_FRONTEND).start()
+    yield server
+    server.stop()
+    shutil.copy(server.log_path, artifacts / "comfy.log")
+    shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -37,10 +80,11 @@ class Console:
         page.on("pageerror", lambda e: self.entries.append(("pageerror", f"{e.name}: {e.message}\n{e.stack}", "")))
 
     def problems(self) -> list[tuple[str, str, str]]:
-        """Errors and warnings from the pack, and uncaught errors other than the frontend's known one.
+        """Errors, warnings and uncaught errors from the pack's own files, routes and events.
 
-        Other console errors (the frontend's 404s for an optional user.css, its blocked call to
-        api.comfy.org, ...) are the frontend's own; they are kept in the log artifact.
+        Other console errors (the frontend's 404s for an optional user.css or, on the newest frontend,
+        for a jobs API that ComfyUI 0.3.75 lacks, its blocked call to api.comfy.org, its own uncaught
+        start-up error, ...) are the frontend's own; they are kept in the log artifact.
         """
         return [entry for entry in self.entries if _is_problem(*entry)]
 
@@ -49,10 +93,8 @@ class Console:
 
 
 def _is_problem(kind: str, text: str, url: str) -> bool:
-    if kind == "pageerror":
-        return KNOWN_FRONTEND_ERROR not in text
-    source = f"{text} {url}"
-    return kind in ("error", "warning") and any(m in source.lower() for m in PACK_MARKERS)
+    source = f"{text} {url}"  # an uncaught error's text holds its stack: the files it went through
+    return kind in ("error", "warning", "pageerror") and any(m in source.lower() for m in PACK_MARKERS)
 
 
 @pytest.fixture(scope="module")

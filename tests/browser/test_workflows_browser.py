@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from browser_helpers import open_graph_editor
 from harness.comfy_process import REPO
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e]
@@ -29,12 +30,7 @@ LOAD_AND_CONVERT = """async (workflow) => {
 @pytest.fixture(scope="module")
 def editor(comfy, open_page):
     """The graph editor, loaded once for the module: (page, Console)."""
-    status, _ = comfy.post_json("/api/settings/Comfy.TutorialCompleted", True)  # no template dialog on top
-    assert status == 200
-    page, console = open_page("workflows")
-    page.goto(comfy.url)
-    page.wait_for_selector(".dream-window-tab-button", timeout=60000)  # the pack's JS and node defs are in
-    return page, console
+    return open_graph_editor(comfy, open_page, "workflows")
 
 
 @pytest.mark.parametrize("name", UI_WORKFLOWS)
