@@ -5,7 +5,8 @@
 For every ``workflows/api/X.json`` this writes ``workflows/X.json`` with a layout, links,
 widget values in ComfyUI's widget order and a Note node explaining start and stop. The API
 workflows are the source of truth; node definitions come from ``GET /object_info`` of a
-throw-away ComfyUI server with the pack loaded.
+throw-away ComfyUI server with the pack loaded. Each loader node names where its model comes
+from (``properties.models``), as ComfyUI's own templates do.
 """
 
 from __future__ import annotations
@@ -36,6 +37,15 @@ Load any SD1.5-family checkpoint in Load Checkpoint."""
 COLUMNS = {"1": (40, 120), "2": (420, 60), "3": (860, 560), "4": (40, 420), "5": (420, 600), "6": (860, 120),
            "7": (1240, 120), "8": (1240, 420), "9": (1600, 120), "10": (1600, 520), "11": (420, 980),
            "12": (420, 860)}
+MODEL_DOWNLOADS = {
+    "v1-5-pruned-emaonly.safetensors": (
+        "checkpoints",
+        "https://huggingface.co/Comfy-Org/stable-diffusion-v1-5-archive/resolve/main/v1-5-pruned-emaonly.safetensors"),
+    "clip_vision_vit_l.safetensors": (
+        "clip_vision", "https://huggingface.co/openai/clip-vit-large-patch14/resolve/main/model.safetensors"),
+}
+"""Model file → (models folder, public download URL) for every model a bundled workflow names. The frontend's
+missing-model dialog offers these downloads; the pack itself downloads nothing."""
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 LEGACY_SEED_NAMES = ("seed", "noise_seed")
 """INT inputs the frontend gives a "control after generate" widget unless the input says otherwise."""
@@ -58,6 +68,13 @@ def input_specs(info: dict) -> list[tuple[str, list]]:
         for name in order.get(section, []):
             out.append((name, info["input"][section][name]))
     return out
+
+
+def node_properties(node: dict) -> dict:
+    """A node's properties as the editor saves them, plus the download of each model it loads."""
+    models = [{"name": value, "url": MODEL_DOWNLOADS[value][1], "directory": MODEL_DOWNLOADS[value][0]}
+              for value in node["inputs"].values() if isinstance(value, str) and value in MODEL_DOWNLOADS]
+    return {"Node name for S&R": node["class_type"], **({"models": models} if models else {})}
 
 
 def build(object_info: dict, api: dict) -> dict:
@@ -96,7 +113,7 @@ def build(object_info: dict, api: dict) -> dict:
         nodes.append({"id": int(nid), "type": node["class_type"], "pos": list(COLUMNS.get(nid, (40, 40 + 60 * order))),
                       "size": [320, 180], "flags": {}, "order": order, "mode": 0, "inputs": inputs,
                       "outputs": outputs, "title": node.get("_meta", {}).get("title", info["display_name"]),
-                      "properties": {"Node name for S&R": node["class_type"]}, "widgets_values": widgets})
+                      "properties": node_properties(node), "widgets_values": widgets})
     for link in links:
         target = next(n for n in nodes if n["id"] == link[3])
         link[4] = next(i for i, e in enumerate(target["inputs"]) if e["name"] == link[4])

@@ -14,7 +14,8 @@ pytestmark = pytest.mark.e2e
 NODE_IDS = ["DreamWindowSession", "DreamWindowKeyframeSource", "DreamWindowInterpolate", "DreamWindowCommit",
             "DreamWindowAutoQueue", "DreamWindowPrompts", "DreamWindowCache", "DreamWindowCudaGraph"]
 FRONTEND_ONLY = {"Note", "MarkdownNote"}
-MODEL_COMBOS = {("CheckpointLoaderSimple", "ckpt_name"), ("CLIPVisionLoader", "clip_name")}
+MODEL_COMBOS = {("CheckpointLoaderSimple", "ckpt_name"): "checkpoints", ("CLIPVisionLoader", "clip_name"): "clip_vision"}
+"""Model inputs of the bundled workflows, with the models folder their files go in."""
 
 
 def test_nodes_load_with_descriptions_and_tooltips(comfy):
@@ -97,8 +98,15 @@ def test_ui_workflow_matches_object_info_and_its_api_twin(comfy, name):
         assert node["type"] in object_info or node["type"] in FRONTEND_ONLY, node["type"]
     assert any(n["type"] in FRONTEND_ONLY and "Queue" in n["widgets_values"][0] for n in ui["nodes"]), "a Note explains start/stop"
     api = json.loads((REPO / "workflows" / "api" / f"{name}.json").read_text())
-    for node in api.values():
+    for nid, node in api.items():
         node.pop("_meta", None)
+        # Each model names its public download where the frontend's missing-model dialog looks for it.
+        models = [{"name": value, "directory": MODEL_COMBOS[node["class_type"], key]}
+                  for key, value in node["inputs"].items() if (node["class_type"], key) in MODEL_COMBOS]
+        offered = next(n for n in ui["nodes"] if str(n["id"]) == nid)["properties"].get("models", [])
+        assert [{"name": m["name"], "directory": m["directory"]} for m in offered] == models, (nid, offered)
+        assert all(m["url"].startswith("https://huggingface.co/") and m["url"].endswith(".safetensors")
+                   for m in offered), offered
     rebuilt = ui_to_api(ui, object_info)
     assert rebuilt.keys() == api.keys()
     for nid, node in api.items():
