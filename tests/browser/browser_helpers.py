@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
+
 TAB_BUTTON = "Dream Window: live sessions, playback and export"
-"""The accessible name of the pack's sidebar button (its tooltip) on every frontend version."""
+"""The accessible name of the pack's sidebar button (its tooltip, then its key, "(d)") on every frontend version."""
 
 
 def open_graph_editor(comfy, open_page, name: str):
@@ -19,4 +21,4 @@ def open_graph_editor(comfy, open_page, name: str):
 
 def tab_button(page):
     """The pack's sidebar button, by role and accessible name (its class differs between frontends)."""
-    return page.get_by_role("button", name=TAB_BUTTON, exact=True)
+    return page.get_by_role("button", name=re.compile("^" + re.escape(TAB_BUTTON)))

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from harness.comfy_process import PACK_NAME, REPO
-from browser_helpers import open_graph_editor, tab_button
+from browser_helpers import TAB_BUTTON, open_graph_editor, tab_button
 from test_window_routes import FPS, frame_file, start_playback
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e]
@@ -103,6 +103,49 @@ def test_viewer_page_plays_the_frames_in_order_and_shows_status(comfy, open_page
     assert not console.problems(), console.problems()
 
 
+def focused(page, expression: str = "el"):
+    """``expression`` of the focused element ``el`` (null: the page itself has the focus)."""
+    return page.evaluate(f"(() => {{ const el = document.activeElement; "
+                         f"return el === document.body ? null : {expression}; }})()")
+
+
+def has_visible_focus(page) -> bool:
+    return focused(page, "getComputedStyle(el).outlineStyle !== 'none' && el.matches(':focus-visible')")
+
+
+def tab_to(page, expression: str, most: int = 30) -> None:
+    """Tab forward until ``expression`` (of the focused element ``el``) holds."""
+    for _ in range(most):
+        page.keyboard.press("Tab")
+        if focused(page, f"Boolean({expression})"):
+            return
+    raise AssertionError(f"{most} Tabs never reached {expression}; the focus is on {focused(page, 'el.outerHTML')}")
+
+
+def test_viewer_works_from_the_keyboard(comfy, open_page, session):
+    page, console = open_page("viewer-keyboard")
+    page.goto(f"{comfy.url}/dream_window/view/{session}")
+    page.wait_for_function("window.dreamWindowViewer?.stage.history.length >= 1", timeout=60000)
+    for name in ("Start", "Pause", "Stop", "Full screen"):  # each control by its accessible name
+        assert page.get_by_role("button", name=name, exact=True).count() == 1, name
+
+    page.keyboard.press("Tab")  # the first stop is the first control, drawn with a visible focus ring
+    assert focused(page, "el.dataset.action") == "start" and has_visible_focus(page)
+    page.keyboard.press("Tab")
+    assert focused(page, "el.dataset.action") == "pause"
+    page.keyboard.press("Space")
+    comfy.wait_for(lambda: comfy.session(session)["state"] == "paused", timeout=10, what="Space on Pause")
+    page.keyboard.press("Shift+Tab")
+    page.keyboard.press("Enter")
+    comfy.wait_for(lambda: comfy.session(session)["state"] == "running", timeout=10, what="Enter on Start")
+    assert page.is_visible(".dw-buttons") and page.evaluate("!document.body.classList.contains('dw-idle')")
+
+    page.keyboard.press("Escape")  # the controls step aside at once, the picture alone stays
+    assert focused(page) is None
+    page.wait_for_function("getComputedStyle(document.querySelector('.dw-buttons')).opacity === '0'")
+    assert not console.problems(), console.problems()
+
+
 def test_graph_ui_loads_the_pack_and_opens_its_template(comfy, graph_ui, frontend, artifacts):
     page, console = graph_ui
     page.click(".templates-tab-button")
@@ -135,6 +178,51 @@ def test_graph_ui_loads_the_pack_and_opens_its_template(comfy, graph_ui, fronten
     page.screenshot(path=str(artifacts / "browser-template-missing-model.png"))
     page.keyboard.press("Escape")
     page.get_by_role("dialog").wait_for(state="hidden", timeout=10000)
+    assert not console.problems(), console.problems()
+
+
+def test_panel_works_from_the_keyboard(comfy, graph_ui, session):
+    page, console = graph_ui
+    if comfy.session(session)["state"] != "running":
+        comfy.control("start", session)
+    tab_button(page).focus()
+    page.keyboard.press("Enter")  # opens the panel and moves the focus into it
+    page.wait_for_selector(f'.dw-panel tr[data-session="{session}"]')
+    assert focused(page, "el.closest('.dw-panel') !== null")
+    panel = page.locator(".dw-panel")
+
+    tab_to(page, f"el.textContent === {json.dumps(session)} && el.closest('tr')")
+    assert has_visible_focus(page)
+    page.keyboard.press("Space")  # selects the session
+    wait_for_text(page, ".dw-panel .dw-head h3", session)
+    assert focused(page, "el.getAttribute('aria-pressed')") == "true"
+
+    # A state change rebuilds the list: the focus stays on the session.
+    comfy.control("pause", session)
+    wait_for_text(page, f'.dw-panel tr[data-session="{session}"] [data-field=state]', "paused")
+    assert focused(page, "el.textContent") == session
+
+    # Every control has an accessible name.
+    assert page.get_by_role("region", name="Dream Window", exact=True).count() == 1
+    for role, name in [("button", "Start"), ("button", "Pause"), ("button", "Stop"), ("button", "Reset"),
+                       ("button", "Delete"), ("button", "Export"), ("spinbutton", "First frame"),
+                       ("spinbutton", "Last frame"), ("combobox", "Export format"),
+                       ("link", "Open the full-window viewer in a new tab"),
+                       ("img", f"Dream Window {session}: live frames")]:
+        assert panel.get_by_role(role, name=name, exact=True).count() == 1, (role, name)
+
+    tab_to(page, "el.dataset.action === 'start'")
+    assert has_visible_focus(page)
+    page.keyboard.press("Enter")
+    comfy.wait_for(lambda: comfy.session(session)["state"] == "running", timeout=10, what="Enter on Start")
+
+    page.keyboard.press("Escape")  # closes the panel, the focus goes back to its sidebar button
+    page.wait_for_selector(".dw-panel", state="detached")
+    assert focused(page, "el.getAttribute('aria-label')") == f"{TAB_BUTTON} (d)"  # the name tells the key
+    page.keyboard.press("d")  # the pack's keybinding toggles the panel
+    page.wait_for_selector(".dw-panel")
+    page.keyboard.press("Escape")
+    page.wait_for_selector(".dw-panel", state="detached")
     assert not console.problems(), console.problems()
 
 

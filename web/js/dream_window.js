@@ -9,6 +9,8 @@ import { app } from "../../../scripts/app.js";
 import { api } from "../../../scripts/api.js";
 
 const TAB_ID = "dream-window";
+const TAB_TOOLTIP = "Dream Window: live sessions, playback and export"; // starts the sidebar button's accessible name
+const TOGGLE_COMMAND = `Workspace.ToggleSidebarTab.${TAB_ID}`; // the frontend makes one per sidebar tab
 const LIST_POLL_MS = 5000; // disk use is not in the events; the list is re-read this often while shown
 const ACTIONS = ["start", "pause", "stop", "reset", "delete"];
 
@@ -76,6 +78,9 @@ const STYLE = `
 .dw-panel td.dw-name { max-width: 0; width: 100%; overflow: hidden; text-overflow: ellipsis; }
 .dw-panel td.dw-num { text-align: right; font-variant-numeric: tabular-nums; }
 .dw-panel tbody tr { cursor: pointer; }
+.dw-panel button.dw-select { all: unset; display: block; overflow: hidden; text-overflow: ellipsis; cursor: pointer; }
+.dw-panel :focus-visible, .dw-panel button.dw-select:focus-visible { outline: 2px solid var(--p-primary-color, #4a9eff);
+  outline-offset: 1px; }
 .dw-panel tbody tr:hover { background: var(--comfy-input-bg, #222); }
 .dw-panel tbody tr.dw-selected { background: var(--comfy-menu-secondary-bg, #333); }
 .dw-panel .dw-state-error, .dw-panel .dw-state-broken { color: #ff8a80; }
@@ -110,8 +115,8 @@ class DreamWindowPanel {
     this.window = h("div", { class: "dw-window" });
     this.statusLine = h("div", { class: "dw-status" });
     this.title = h("h3", {}, "No session selected");
-    this.viewerLink = h("a", { target: "_blank", rel: "noopener", title: "Full-window viewer (also for OBS)" },
-                        "Open viewer ↗");
+    this.viewerLink = h("a", { target: "_blank", rel: "noopener", title: "Full-window viewer (also for OBS)",
+                               "aria-label": "Open the full-window viewer in a new tab" }, "Open viewer ↗");
     this.buttons = ACTIONS.map((action) => h("button", { type: "button", dataset: { action },
                                                           onclick: () => this.control(action) },
                                                action[0].toUpperCase() + action.slice(1)));
@@ -128,15 +133,18 @@ class DreamWindowPanel {
                     this.window, this.statusLine, h("div", { class: "dw-row" }, ...this.buttons),
                     h("div", { class: "dw-row" }, "Frames", this.first, "–", this.last),
                     h("div", { class: "dw-row" }, this.format, this.exportButton));
-    root.replaceChildren(h("div", { class: "dw-panel" },
+    this.root = h("div", { class: "dw-panel", role: "region", "aria-label": "Dream Window", tabindex: "-1",
+                           onkeydown: (event) => this.onKey(event) },
       h("h3", {}, "Dream Window sessions"),
       h("table", {}, h("thead", {}, h("tr", {}, h("th", {}, "session"), h("th", {}, "state"),
                                                 h("th", {}, "frames"), h("th", {}, "disk"))), this.list),
-      this.detail));
+      this.detail);
+    root.replaceChildren(this.root);
+    this.root.focus(); // opened from the keyboard, Tab goes on to the sessions
 
     this.onSession = () => this.refresh();
-    this.onStatus = ({ detail }) => {
-      if (detail?.session === selected) this.showStatus(detail);
+    this.onStatus = ({ detail }) => { // the selection outlives a closed panel: its player starts on the first refresh
+      if (detail?.session === selected && this.player) this.showStatus(detail);
     };
     api.addEventListener("dream_window.session", this.onSession);
     api.addEventListener("dream_window.status", this.onStatus);
@@ -161,10 +169,13 @@ class DreamWindowPanel {
     if (!this.sessions.some((s) => s.session === selected)) {
       this.select((this.sessions.find((s) => s.state === "running") ?? this.sessions[0])?.session ?? null);
     }
+    const focused = this.list.contains(document.activeElement) ? document.activeElement.closest("tr").dataset.session
+                                                               : null;
     this.list.replaceChildren(...this.sessions.map((s) => h("tr", {
       dataset: { session: s.session }, class: s.session === selected ? "dw-selected" : "",
       onclick: () => this.select(s.session),
-    }, h("td", { class: "dw-name", title: s.session }, s.session),
+    }, h("td", { class: "dw-name", title: s.session },
+         h("button", { type: "button", class: "dw-select", "aria-pressed": String(s.session === selected) }, s.session)),
        h("td", { dataset: { field: "state" }, class: `dw-state-${s.state}` }, s.state),
        h("td", { class: "dw-num", dataset: { field: "frames" } }, String(s.frames ?? "–")),
        h("td", { class: "dw-num", dataset: { field: "disk" } }, formatBytes(s.disk_bytes)))));
@@ -172,6 +183,20 @@ class DreamWindowPanel {
       this.list.append(h("tr", {}, h("td", { colspan: "4", class: "dw-empty" },
                                       "No session yet: open the dream_window template and queue it once.")));
     }
+    // The list is rebuilt every few seconds: the keyboard focus stays on its session.
+    if (focused !== null) this.row(focused)?.querySelector("button").focus();
+  }
+
+  row(name) {
+    return [...this.list.children].find((row) => row.dataset.session === name);
+  }
+
+  /** Escape closes the panel and gives the focus back to its sidebar button. */
+  onKey(event) {
+    if (event.key !== "Escape" || event.defaultPrevented) return;
+    event.preventDefault();
+    app.extensionManager.command?.execute(TOGGLE_COMMAND);
+    document.querySelector(`button[aria-label^="${TAB_TOOLTIP}"]`)?.focus();
   }
 
   select(name) {
@@ -182,13 +207,16 @@ class DreamWindowPanel {
     this.status = null;
     this.statusLine.replaceChildren();
     this.detail.hidden = name === null;
-    for (const row of this.list.children) row.classList.toggle("dw-selected", row.dataset.session === name);
+    for (const row of this.list.children) {
+      row.classList.toggle("dw-selected", row.dataset.session === name);
+      row.querySelector("button")?.setAttribute("aria-pressed", String(row.dataset.session === name));
+    }
     if (name === null) return;
     const path = `/dream_window/view/${encodeURIComponent(name)}`;
     this.title.textContent = name;
     this.viewerLink.href = api.apiURL(path);
     // A fresh element per session: a stopped player may still finish the frame it was decoding.
-    const stage = h("div", { class: "dw-window", "aria-label": `Dream Window ${name}` });
+    const stage = h("div", { class: "dw-window", role: "img", "aria-label": `Dream Window ${name}: live frames` });
     this.window.replaceWith(stage);
     this.window = stage;
     const player = new this.viewer.FramePlayer(stage, {
@@ -259,6 +287,8 @@ for (const type of ["dream_window.status", "dream_window.frame"]) api.addEventLi
 
 app.registerExtension({
   name: "dream_window.core",
+  // "d" opens and closes the panel (the frontend's own command for the tab; shown in its keybinding settings).
+  keybindings: [{ combo: { key: "d" }, commandId: TOGGLE_COMMAND }],
   setup() {
     const manager = app.extensionManager;
     if (!manager?.registerSidebarTab) {
@@ -273,7 +303,7 @@ app.registerExtension({
       id: TAB_ID,
       icon: "pi pi-images",
       title: "Dream Window",
-      tooltip: "Dream Window: live sessions, playback and export",
+      tooltip: TAB_TOOLTIP,
       type: "custom",
       render: async (el) => {
         const mount = ++mounts;

@@ -323,16 +323,27 @@ export function runViewerPage() {
     });
   }
   $("stage").addEventListener("dblclick", toggleFullscreen);
-  document.addEventListener("keydown", (event) => { if (event.key === "f") toggleFullscreen(); });
 
-  // The buttons show while the pointer moves and fade out after a few quiet seconds.
+  // The buttons show while the pointer moves or a key is pressed and fade out after a few quiet
+  // seconds; Escape hides them at once (and takes the focus off them). In full screen the browser
+  // keeps Escape for itself: it leaves full screen.
   let idle;
+  const quiet = () => document.body.classList.add("dw-idle");
   const awake = () => {
     document.body.classList.remove("dw-idle");
     clearTimeout(idle);
-    idle = setTimeout(() => document.body.classList.add("dw-idle"), 3000);
+    idle = setTimeout(quiet, 3000);
   };
-  for (const type of ["pointermove", "pointerdown", "keydown"]) document.addEventListener(type, awake);
+  for (const type of ["pointermove", "pointerdown"]) document.addEventListener(type, awake);
+  document.addEventListener("keydown", (event) => {
+    if (event.key === "Escape") {
+      document.activeElement?.blur();
+      clearTimeout(idle);
+      return quiet();
+    }
+    awake();
+    if (event.key === "f" && !(event.ctrlKey || event.metaKey || event.altKey)) toggleFullscreen();
+  });
   awake();
 }
 
