@@ -148,7 +148,7 @@ def test_viewer_works_from_the_keyboard(comfy, open_page, session):
 
 def test_graph_ui_loads_the_pack_and_opens_its_template(comfy, graph_ui, frontend, artifacts):
     page, console = graph_ui
-    page.click(".templates-tab-button")
+    page.get_by_role("button", name="Templates", exact=True).click()
     page.get_by_role("button", name=PACK_NAME, exact=True).click()  # the pack's entry under Extensions
     card = page.locator(f'[data-testid="template-workflow-{PACK_NAME}"]')
     card.wait_for(timeout=20000)
@@ -250,6 +250,7 @@ def test_panel_shows_frames_exports_and_stops_the_session(comfy, graph_ui, sessi
     assert saved.name == f"{session}-{last - 4:08d}-{last:08d}.webp"
     with Image.open(saved) as webp:
         assert webp.is_animated and webp.n_frames == 5
+    page.get_by_text(f"{saved.name}: 5 frames", exact=True).wait_for(timeout=10000)  # the frontend's toast
 
     page.click(".dw-panel button[data-action=stop]")
     comfy.wait_for(lambda: comfy.session(session)["state"] == "stopped", timeout=10, what="stop from the panel")
