@@ -13,8 +13,8 @@ pytestmark = [pytest.mark.browser, pytest.mark.e2e]
 
 UI_WORKFLOWS = sorted(path.name for path in (REPO / "workflows").glob("*.json"))
 
-# Loads a UI workflow the way the editor opens a file, then reads back every node's widget values
-# and the API prompt the Queue button would send.
+# Loads a UI workflow the way the editor opens a file, then reads back the node types the frontend does
+# not know, every node's widget values and the API prompt the Queue button would send.
 LOAD_AND_CONVERT = """async (workflow) => {
   const app = window.comfyAPI.app.app;
   await app.loadGraphData(workflow, true, false);
@@ -22,8 +22,10 @@ LOAD_AND_CONVERT = """async (workflow) => {
   for (const node of app.graph.nodes) {
     widgets[String(node.id)] = (node.widgets ?? []).map((widget) => widget.value);
   }
+  const unknown = app.graph.nodes.map((node) => node.type)
+    .filter((type) => !(type in window.LiteGraph.registered_node_types));
   const { output } = await app.graphToPrompt();
-  return { widgets, output };
+  return { unknown, widgets, output };
 }"""
 
 
@@ -39,6 +41,7 @@ def test_ui_workflow_queues_its_api_twin(editor, name):
     ui = json.loads((REPO / "workflows" / name).read_text())
     api = json.loads((REPO / "workflows" / "api" / name).read_text())
     loaded = page.evaluate(LOAD_AND_CONVERT, ui)
+    assert not loaded["unknown"], f"{name}: nodes the frontend does not know: {loaded['unknown']}"
 
     # The widgets the frontend creates hold exactly the values the file lists, slot for slot.
     for node in ui["nodes"]:
