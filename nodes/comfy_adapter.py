@@ -34,7 +34,7 @@ log = logging.getLogger("dream_window")
 __all__ = ["ComfyExtension", "io", "ui", "schema", "Choice", "ComfyBackend", "server", "output_directory",
            "input_directory", "executing_prompt_id", "executing_node_id", "current_client_id",
            "run_on_server_loop", "intermediate_device", "send_event", "routes", "model_path", "models_folders",
-           "torch_device"]
+           "torch_device", "metadata_disabled", "model_files"]
 
 _SCHEMA_FIELDS = set(inspect.signature(io.Schema).parameters)
 
@@ -77,8 +77,19 @@ def model_path(kind: str, name: str) -> str | None:
     return folder_paths.get_full_path(kind, name)
 
 
+def model_files(kind: str) -> list[str]:
+    """The model files of ``kind`` (a models/ folder name such as ``clip_vision``) ComfyUI finds, as the
+    names its loaders list."""
+    return list(folder_paths.get_filename_list(kind))
+
+
 def models_folders(kind: str) -> list[str]:
     return list(folder_paths.get_folder_paths(kind))
+
+
+def metadata_disabled() -> bool:
+    """Whether the server runs with ``--disable-metadata`` (no workflow in saved images)."""
+    return bool(cli_args.disable_metadata)
 
 
 def torch_device():
