@@ -316,9 +316,10 @@ def moving_weights(patcher: Any, tensors: Sequence[torch.Tensor]) -> str | None:
     while it runs, so a captured graph could read stale memory; None when they stay put.
 
     Dynamic VRAM (:func:`is_dynamic_vram`); a partial load (``model_lowvram``: ComfyUI moves the weights
-    that did not fit to the GPU layer by layer inside the forward) or low-VRAM weight patches (LoRA-style
-    patches applied as each weight is cast, counted in ``lowvram_patch_counter``); weights and buffers
-    on more than one device; weight hooks (they swap weights between steps)."""
+    that did not fit to the GPU layer by layer inside the forward, and applies their patches as each one
+    is cast); weights and buffers on more than one device; weight hooks (they swap weights between
+    steps). ``lowvram_patch_counter`` is not read: 0.3.75 keeps its count after a partial load grows
+    into a full one, so it would refuse runs that are safe."""
     model = patcher.model
     devices = sorted({str(tensor.device) for tensor in tensors})
     if is_dynamic_vram(patcher):
@@ -326,9 +327,6 @@ def moving_weights(patcher: Any, tensors: Sequence[torch.Tensor]) -> str | None:
                 "in and out while it runs; start ComfyUI with --disable-dynamic-vram to use CUDA graphs")
     if getattr(model, "model_lowvram", False):
         return "the model is partially offloaded (low VRAM): its weights move during the forward"
-    if getattr(model, "lowvram_patch_counter", 0):
-        return (f"{model.lowvram_patch_counter} low-VRAM weight patches are applied during the forward: the "
-                f"weights are recomputed at every call")
     if len(devices) > 1:
         return f"the model is not loaded completely: its weights and buffers are on {', '.join(devices)}"
     if patcher.hook_patches:

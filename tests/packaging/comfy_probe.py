@@ -13,7 +13,7 @@ Contract entries:
   signature lacks are dropped first (the pack filters them the same way).
 * ``{"target": "module:Class", "instance_attrs": [...]}``: the class's source uses ``self.<attr>``
   (or assigns ``Class.<attr>``) for each.
-* ``{"target": "module:Class", "route": ["POST", "/prompt"], "body": [...]}``: the class's source
+* ``{"target": "module:Class", "route": ["POST", "/prompt"], "body": [...]}``: the class's module
   registers that route and reads each body key.
 """
 
@@ -58,8 +58,8 @@ def problems(entry: dict) -> list[str]:
         source = inspect.getsource(obj)
         found += [f"{target}: no attribute {name!r}" for name in entry["instance_attrs"]
                   if f"self.{name}" not in source and f"{obj.__name__}.{name} =" not in source]
-    if "route" in entry:
-        source = inspect.getsource(obj)
+    if "route" in entry:  # the whole module: the handler may live outside the class
+        source = inspect.getsource(sys.modules[obj.__module__])
         method, path = entry["route"]
         if f'@routes.{method.lower()}("{path}")' not in source:
             found.append(f"{target}: no route {method} {path}")

@@ -285,11 +285,10 @@ def test_wrapper_serves_empty_patch_options():
 @pytest.mark.parametrize("setup, reason", [
     (lambda p: setattr(p, "is_dynamic", lambda: True), "dynamic VRAM (ComfyUI's ModelPatcherDynamic)"),
     (lambda p: setattr(p.model, "model_lowvram", True), "partially offloaded"),
-    (lambda p: setattr(p.model, "lowvram_patch_counter", 2), "2 low-VRAM weight patches"),
     (lambda p: p.model.register_buffer("log_sigmas", torch.zeros(3, device="meta")), "on cpu, meta"),
     (lambda p: p.hook_patches.update({"hook": {}}), "weight hooks"),
     (lambda p: setattr(p, "current_hooks", object()), "hooks are applied"),
-], ids=["dynamic-vram", "lowvram", "lowvram-patches", "split-devices", "weight-hooks", "applied-hooks"])
+], ids=["dynamic-vram", "lowvram", "split-devices", "weight-hooks", "applied-hooks"])
 def test_wrapper_refuses_runs_whose_weights_move_and_releases_graphs(setup, reason):
     backend = FakeBackend()
     wrapper, patcher = wrapper_for(backend), FakePatcher(FakeModel())
