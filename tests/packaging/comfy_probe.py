@@ -76,7 +76,10 @@ def main() -> None:
     importlib.import_module("comfy.options").enable_args_parsing()
     # As main.py does first: ComfyUI's own ``utils`` package, before ``nodes`` puts comfy/ (with its
     # utils.py) at the front of sys.path.
-    importlib.import_module("utils")
+    try:
+        importlib.import_module("utils")
+    except ImportError:  # a tree without it: nothing to protect
+        pass
     print(json.dumps([problem for entry in contract for problem in problems(entry)]))
 
 

@@ -71,6 +71,15 @@ ADAPTER = {
 }
 """How the adapter spells each use → what it must find in ComfyUI."""
 
+DUCK_TYPED = [
+    {"target": "comfy.model_patcher:ModelPatcher", "instance_attrs": [
+        "model_options", "load_device", "patches_uuid", "object_patches", "hook_patches", "current_hooks",
+        "model.model_lowvram", "model.current_patcher"]},
+    call("comfy.model_base:BaseModel.apply_model", 2, "transformer_options", method=True),
+]
+"""What ``core.cuda_graph`` and the CUDA-graph node read from a ModelPatcher and its BaseModel (duck-typed,
+no import); ``is_dynamic`` is newer ComfyUI's and read only where present."""
+
 ADAPTER_ROOTS = {"folder_paths", "model_management", "cli_args", "PromptServer", "srv", "context", "model",
                  "patched", "CallbacksMP", "WrappersMP", "self.queue"}
 """Names through which the adapter reaches ComfyUI objects (modules, the server, a ModelPatcher)."""
@@ -142,7 +151,7 @@ def node_api_uses(namespace: str) -> list[dict]:
 
 
 def contract(tree: Path) -> list[dict]:
-    return list(ADAPTER.values()) + node_api_uses(api_namespace(tree))
+    return list(ADAPTER.values()) + DUCK_TYPED + node_api_uses(api_namespace(tree))
 
 
 def check(tree: Path) -> list[str]:
