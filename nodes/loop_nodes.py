@@ -375,9 +375,9 @@ class DreamWindowCommit(io.ComfyNode):
             outputs=[SessionType.Output("session_out", display_name="session",
                                         tooltip="The session again, after this iteration is committed: wire it "
                                                 "into the autoqueue node."),
-                     io.Image.Output("keyframe", display_name="keyframe", tooltip="The new keyframe as an IMAGE (the last frame of the "
-                                                         "batch): wire it into Preview Image, Save Image or a "
-                                                         "video node.")],
+                     io.Image.Output("keyframe", display_name="keyframe",
+                                     tooltip="The new keyframe as an IMAGE (the last frame of the batch): wire "
+                                             "it into Preview Image, Save Image or a video node.")],
             hidden=[io.Hidden.prompt, io.Hidden.extra_pnginfo],
         )
 
