@@ -1,12 +1,15 @@
 """The only module that imports ComfyUI (``comfy_api``, ``server``, ``folder_paths``, ``comfy``).
 
 Everything ComfyUI-specific the pack needs goes through here, so an API change upstream is
-mended in one place. The versioned ``comfy_api.v0_0_2`` is preferred (present in 0.3.75 and
-current upstream); ``comfy_api.latest`` is the fallback.
+mended in one place; ``tests/packaging/test_comfy_contract.py`` checks every symbol and route used
+here against a ComfyUI tree. The newest versioned ``comfy_api`` namespace present is preferred
+(``VERSIONED_APIS``: ``v0_0_3`` in current upstream, ``v0_0_2`` in 0.3.75 and upstream), then
+``comfy_api.latest``.
 """
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import logging
 from typing import Any, Callable
@@ -19,10 +22,21 @@ from comfy.cli_args import args as cli_args
 
 from ..core.supervisor import ConfigurationError
 
-try:
-    from comfy_api.v0_0_2 import ComfyExtension, io, ui
-except ImportError:  # pragma: no cover - ComfyUI builds without the versioned namespace
-    from comfy_api.latest import ComfyExtension, io, ui
+VERSIONED_APIS = ("v0_0_3", "v0_0_2")
+"""The versioned ``comfy_api`` namespaces the pack is written against, newest first."""
+
+
+def _comfy_api():
+    for version in VERSIONED_APIS:
+        try:
+            return importlib.import_module(f"comfy_api.{version}")
+        except ImportError:
+            continue
+    return importlib.import_module("comfy_api.latest")
+
+
+COMFY_API = _comfy_api()
+ComfyExtension, io, ui = COMFY_API.ComfyExtension, COMFY_API.io, COMFY_API.ui
 
 try:
     from comfy_execution.utils import get_executing_context
@@ -34,7 +48,7 @@ log = logging.getLogger("dream_window")
 __all__ = ["ComfyExtension", "io", "ui", "schema", "Choice", "ComfyBackend", "server", "output_directory",
            "input_directory", "executing_prompt_id", "executing_node_id", "current_client_id",
            "run_on_server_loop", "intermediate_device", "send_event", "routes", "model_path", "models_folders",
-           "torch_device"]
+           "torch_device", "metadata_disabled", "model_files"]
 
 _SCHEMA_FIELDS = set(inspect.signature(io.Schema).parameters)
 
@@ -77,8 +91,19 @@ def model_path(kind: str, name: str) -> str | None:
     return folder_paths.get_full_path(kind, name)
 
 
+def model_files(kind: str) -> list[str]:
+    """The model files of ``kind`` (a models/ folder name such as ``clip_vision``) ComfyUI finds, as the
+    names its loaders list."""
+    return list(folder_paths.get_filename_list(kind))
+
+
 def models_folders(kind: str) -> list[str]:
     return list(folder_paths.get_folder_paths(kind))
+
+
+def metadata_disabled() -> bool:
+    """Whether the server runs with ``--disable-metadata`` (no workflow in saved images)."""
+    return bool(cli_args.disable_metadata)
 
 
 def torch_device():
