@@ -24,6 +24,9 @@ from .runtime import RUNTIME, Runtime
 
 log = logging.getLogger("dream_window")
 
+FREE_POLL = 0.1
+"""Seconds between looks, while yielding, for the paused sessions' last iterations to end."""
+
 
 class GpuMonitor:
     def __init__(self, runtime: Runtime):
@@ -36,6 +39,7 @@ class GpuMonitor:
         self.checks = 0
         self.last_check: float | None = None
         self._task: asyncio.Task | None = None
+        self._freeing: asyncio.Task | None = None
         runtime.commit_hooks.append(self.committed)
 
     def start(self) -> None:
@@ -80,10 +84,20 @@ class GpuMonitor:
         if not paused:
             return
         log.info("dream_window: GPU monitor: %s; paused %s%s", reason, ", ".join(paused),
-                 "" if config.keep_models else "; unloading the models")
-        if not config.keep_models:
-            comfy.free_models()
+                 "" if config.keep_models else "; the models are unloaded once their iterations end")
+        if not config.keep_models and (self._freeing is None or self._freeing.done()):
+            self._freeing = asyncio.get_running_loop().create_task(self._free_when_idle())
         comfy.send_event("dream_window.monitor", self.state())
+
+    async def _free_when_idle(self) -> None:
+        """Free ComfyUI's models once no prompt of a session is queued or running (none runs while yielding;
+        a prompt queued before its session paused would load them again)."""
+        while self.gate.reason is not None and any(self.runtime.backend.session_queued(n)
+                                                   for n in self.runtime.registry.names()):
+            await asyncio.sleep(FREE_POLL)
+        if self.gate.reason is not None:
+            comfy.free_models()
+            log.info("dream_window: GPU monitor: the sessions' last iterations ended; unloading the models")
 
     async def resume(self) -> None:
         """Start again the sessions this monitor paused that are still paused by it."""
