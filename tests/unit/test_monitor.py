@@ -122,3 +122,28 @@ def test_config_auto_is_on_with_a_display(mode, display, enabled):
 
     got = MonitorConfig.read(value, display)
     assert got.enabled is enabled and got.interval == 5.0 and got.resume_after == 30.0 and not got.keep_models
+
+
+def test_nvml_probe_on_a_real_gpu_counts_this_process_as_its_own():
+    """Where nvidia-ml-py and an NVIDIA GPU are present: 2 GB this process takes stay "free" for the check."""
+    pynvml = pytest.importorskip("pynvml", reason="the VRAM check needs nvidia-ml-py")
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU")
+    try:
+        pynvml.nvmlInit()
+    except pynvml.NVMLError as exc:
+        pytest.skip(f"no NVIDIA driver ({exc})")
+    torch.cuda.init()
+    probe = monitor.NvmlProbe(index=torch.cuda.current_device())
+    before = probe.read()
+    block = torch.ones(2 * GB, dtype=torch.uint8, device="cuda")
+    torch.cuda.synchronize()
+    after = probe.read()
+    print(f"before {before}, after {after}")
+    assert before.free - after.free >= 1.9 * GB, "nvml sees the allocation"
+    assert after.own - before.own >= 1.9 * GB, "and counts it as this process's own"
+    assert abs((after.free + after.own) - (before.free + before.own)) < 0.2 * GB
+    assert monitor.vram_pressure(after, (after.free + after.own) / GB + 1, 0).startswith("free VRAM")
+    assert monitor.vram_pressure(after, (after.free + after.own) / GB - 1, 0) is None
+    del block
