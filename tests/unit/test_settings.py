@@ -79,5 +79,5 @@ def test_sessions_root():
 def test_the_web_extension_registers_every_setting_with_its_env_override():
     js = (Path(__file__).resolve().parents[2] / "web" / "js" / "dream_window.js").read_text()
     for setting in (s for s in vars(settings).values() if isinstance(s, settings.Setting)):
-        assert f'id: "{setting.id}"' in js
-        assert setting.env in js
+        entry = js[js.index(f'setting("{setting.id.removeprefix("DreamWindow.")}",'):]
+        assert setting.env in entry[:entry.index("\n  setting(") if "\n  setting(" in entry else None]

@@ -270,48 +270,36 @@ for (const type of ["dream_window.status", "dream_window.frame"]) api.addEventLi
 // Stored by ComfyUI in the user's comfy.settings.json; the server reads them there (the environment
 // variable named in each tooltip overrides the setting on a headless server). A frontend without
 // extension settings ignores the list: the environment variables and defaults apply.
+const setting = (id, section, type, defaultValue, name, tooltip, attrs) => ({
+  id: `DreamWindow.${id}`, category: ["Dream Window", section, id.split(".").pop()], type, defaultValue, name,
+  tooltip, ...(type === "combo" ? { options: attrs } : attrs ? { attrs } : {}),
+});
+const NEXT_START = "Takes effect at the next server start";
 const SETTINGS = [
-  { id: "DreamWindow.ResumeOnStart", category: ["Dream Window", "Sessions", "Resume on start"], type: "boolean",
-    name: "Resume running sessions when the server starts", defaultValue: false,
-    tooltip: "A session that was running when ComfyUI stopped starts again at the next start (takes effect at "
-             + "the next start; env DREAM_WINDOW_RESUME_ON_START overrides)." },
-  { id: "DreamWindow.SessionsFolder", category: ["Dream Window", "Sessions", "Folder"], type: "text",
-    name: "Sessions folder (frames and state)", defaultValue: "",
-    tooltip: "Empty: output/dream_window. A relative path is inside ComfyUI's output folder. Takes effect at the "
-             + "next server start; env DREAM_WINDOW_SESSIONS_FOLDER overrides." },
-  { id: "DreamWindow.TorchThreads", category: ["Dream Window", "Performance", "Torch threads"], type: "text",
-    name: "Torch CPU threads (auto, keep or a number)", defaultValue: "auto",
-    tooltip: "auto frees one core for the frame writer next to a GPU; keep leaves torch alone. Takes effect at "
-             + "the next server start; env DREAM_WINDOW_TORCH_THREADS overrides." },
-  { id: "DreamWindow.Monitor.Enabled", category: ["Dream Window", "GPU monitor", "Enabled"], type: "combo",
-    name: "Yield the GPU to other programs", defaultValue: "auto", options: ["auto", "on", "off"],
-    tooltip: "Pause the running sessions while a listed program runs or VRAM runs short. auto: on where a "
-             + "display is attached, off on a headless server. Env DREAM_WINDOW_MONITOR overrides." },
-  { id: "DreamWindow.Monitor.Processes", category: ["Dream Window", "GPU monitor", "Processes"], type: "text",
-    name: "Programs to yield to (comma-separated)", defaultValue: "",
-    tooltip: "Part of a process name, any case, e.g. eldenring.exe, cyberpunk2077. Env "
-             + "DREAM_WINDOW_MONITOR_PROCESSES overrides." },
-  { id: "DreamWindow.Monitor.MinFreeVramGB", category: ["Dream Window", "GPU monitor", "Min free VRAM"],
-    type: "number", name: "Yield when free VRAM is below (GB, 0 = off)", defaultValue: 0,
-    attrs: { min: 0, max: 1024, step: 0.5 },
-    tooltip: "The dream's own VRAM counts as free. Needs nvidia-ml-py and an NVIDIA GPU. Env "
-             + "DREAM_WINDOW_MONITOR_MIN_FREE_VRAM_GB overrides." },
-  { id: "DreamWindow.Monitor.MaxOtherVramGB", category: ["Dream Window", "GPU monitor", "Max other VRAM"],
-    type: "number", name: "Yield when another process uses more VRAM than (GB, 0 = off)", defaultValue: 0,
-    attrs: { min: 0, max: 1024, step: 0.5 },
-    tooltip: "Needs nvidia-ml-py and an NVIDIA GPU. Env DREAM_WINDOW_MONITOR_MAX_OTHER_VRAM_GB overrides." },
-  { id: "DreamWindow.Monitor.CheckInterval", category: ["Dream Window", "GPU monitor", "Interval"], type: "number",
-    name: "Check every (seconds)", defaultValue: 5, attrs: { min: 0.2, max: 3600, step: 1 },
-    tooltip: "Env DREAM_WINDOW_MONITOR_INTERVAL overrides." },
-  { id: "DreamWindow.Monitor.ResumeAfter", category: ["Dream Window", "GPU monitor", "Resume after"],
-    type: "number", name: "Resume after the GPU is free for (seconds)", defaultValue: 30,
-    attrs: { min: 0, max: 86400, step: 5 },
-    tooltip: "Long enough that a game's loading screen does not flap it. Env DREAM_WINDOW_MONITOR_RESUME_AFTER "
-             + "overrides." },
-  { id: "DreamWindow.Monitor.KeepModels", category: ["Dream Window", "GPU monitor", "Keep models"],
-    type: "boolean", name: "Keep the models loaded while yielding", defaultValue: false,
-    tooltip: "Off: ComfyUI unloads its models and frees memory when the dream yields (the first keyframe after "
-             + "resuming reloads them). Env DREAM_WINDOW_MONITOR_KEEP_MODELS overrides." },
+  setting("ResumeOnStart", "Sessions", "boolean", false, "Resume running sessions when the server starts",
+          `A session that was running when ComfyUI stopped starts again. ${NEXT_START}; env DREAM_WINDOW_RESUME_ON_START overrides.`),
+  setting("SessionsFolder", "Sessions", "text", "", "Sessions folder (frames and state)",
+          `Empty: output/dream_window; a relative path is inside ComfyUI's output folder. ${NEXT_START}; env DREAM_WINDOW_SESSIONS_FOLDER overrides.`),
+  setting("TorchThreads", "Performance", "text", "auto", "Torch CPU threads (auto, keep or a number)",
+          `auto frees one core for the frame writer next to a GPU; keep leaves torch alone. ${NEXT_START}; env DREAM_WINDOW_TORCH_THREADS overrides.`),
+  setting("Monitor.Enabled", "GPU monitor", "combo", "auto", "Yield the GPU to other programs",
+          "Pause the running sessions while a listed program runs or VRAM runs short. auto: on where a display is attached, off on a headless server. Env DREAM_WINDOW_MONITOR overrides.",
+          ["auto", "on", "off"]),
+  setting("Monitor.Processes", "GPU monitor", "text", "", "Programs to yield to (comma-separated)",
+          "Part of a process name, any case, e.g. eldenring.exe, cyberpunk2077. Env DREAM_WINDOW_MONITOR_PROCESSES overrides."),
+  setting("Monitor.MinFreeVramGB", "GPU monitor", "number", 0, "Yield when free VRAM is below (GB, 0 = off)",
+          "The dream's own VRAM counts as free. Needs nvidia-ml-py and an NVIDIA GPU. Env DREAM_WINDOW_MONITOR_MIN_FREE_VRAM_GB overrides.",
+          { min: 0, max: 1024, step: 0.5 }),
+  setting("Monitor.MaxOtherVramGB", "GPU monitor", "number", 0, "Yield when another process uses more VRAM than (GB, 0 = off)",
+          "Needs nvidia-ml-py and an NVIDIA GPU. Env DREAM_WINDOW_MONITOR_MAX_OTHER_VRAM_GB overrides.",
+          { min: 0, max: 1024, step: 0.5 }),
+  setting("Monitor.CheckInterval", "GPU monitor", "number", 5, "Check every (seconds)",
+          "Env DREAM_WINDOW_MONITOR_INTERVAL overrides.", { min: 0.2, max: 3600, step: 1 }),
+  setting("Monitor.ResumeAfter", "GPU monitor", "number", 30, "Resume after the GPU is free for (seconds)",
+          "Long enough that a game's loading screen does not flap it. Env DREAM_WINDOW_MONITOR_RESUME_AFTER overrides.",
+          { min: 0, max: 86400, step: 5 }),
+  setting("Monitor.KeepModels", "GPU monitor", "boolean", false, "Keep the models loaded while yielding",
+          "Off: ComfyUI unloads its models and frees memory when the dream yields; the first keyframe after resuming reloads them. Env DREAM_WINDOW_MONITOR_KEEP_MODELS overrides."),
 ];
 
 app.registerExtension({
