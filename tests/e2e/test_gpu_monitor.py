@@ -112,7 +112,7 @@ def test_a_listed_program_pauses_running_sessions_frees_the_models_and_they_resu
         server.control("stop", name)
 
 
-def test_a_check_that_fails_every_time_leaves_both_loops_running(server, game):
+def test_a_check_that_fails_every_time_leaves_both_loops_running_and_models_can_stay(server, game):
     flag = server.base / "input" / "dwtest_monitor_fail"
     server.queue(dream_workflow("mon_fault"))
     server.wait_for(lambda: running(server, "mon_fault"), timeout=60, what="the session to run")
@@ -129,8 +129,12 @@ def test_a_check_that_fails_every_time_leaves_both_loops_running(server, game):
         assert server.log_tail(400000).count("cannot list the running processes") == 1, "logged once"
     finally:
         flag.unlink()
+    assert server.post_json("/settings/DreamWindow.Monitor.KeepModels", True)[0] == 200
     server.wait_for(lambda: server.session("mon_fault")["state"] == "paused", timeout=INTERVAL + 2,
                     what="the mended check to find the program")
+    time.sleep(2)  # the session's last iteration ends; nothing frees the models
+    assert server.get("/dream_window/monitor")["loaded_models"] > 0, "keep models: ComfyUI keeps them loaded"
+    assert "unloading the models" not in server.log_tail(400000).split("paused mon_fault")[-1]
     proc.kill()
     proc.wait()
     server.wait_for(lambda: running(server, "mon_fault"), timeout=RESUME_AFTER + 2 * INTERVAL + 2,
