@@ -144,8 +144,8 @@ class NvmlProbe:
     """GPU memory through ``nvidia-ml-py`` (``pynvml``): ``read()`` gives a ``VramReading`` of GPU
     ``index``, or raises ``VramUnavailable`` saying why the VRAM check is off."""
 
-    def __init__(self, index: int = 0, pid: int = os.getpid()):
-        self.index, self.pid = index, pid
+    def __init__(self, index: int = 0, pid: int | None = None):
+        self.index, self.pid = index, os.getpid() if pid is None else pid
         self._nvml: Any = None
         self._handle: Any = None
 

@@ -264,6 +264,7 @@ class Session:
                     "settings", "stats", "rotation", "policy", "created", "latents_file"):
             if key in data:
                 setattr(session, key, data[key])
+        session.paused_reason = None  # no monitor of this process paused it: it stays paused until started
         if session.state not in STATES:
             session.state = "idle"
         elif session.state == "running":  # no prompt of it is queued in a server that just started
