@@ -167,7 +167,9 @@ class NvmlProbe:
         nvml, handle = self._nvml, self._handle
         free = int(nvml.nvmlDeviceGetMemoryInfo(handle).free)
         own, other_max, other_name = 0, 0, ""
-        for proc in nvml.nvmlDeviceGetComputeRunningProcesses(handle) + nvml.nvmlDeviceGetGraphicsRunningProcesses(handle):
+        processes = (nvml.nvmlDeviceGetComputeRunningProcesses(handle)
+                     + nvml.nvmlDeviceGetGraphicsRunningProcesses(handle))
+        for proc in processes:
             used = int(proc.usedGpuMemory or 0)
             if proc.pid == self.pid:
                 own += used

@@ -277,29 +277,35 @@ const setting = (id, section, type, defaultValue, name, tooltip, attrs) => ({
 const NEXT_START = "Takes effect at the next server start";
 const SETTINGS = [
   setting("ResumeOnStart", "Sessions", "boolean", false, "Resume running sessions when the server starts",
-          `A session that was running when ComfyUI stopped starts again. ${NEXT_START}; env DREAM_WINDOW_RESUME_ON_START overrides.`),
+          "A session that was running when ComfyUI stopped starts again. "
+          + `${NEXT_START}; env DREAM_WINDOW_RESUME_ON_START overrides.`),
   setting("SessionsFolder", "Sessions", "text", "", "Sessions folder (frames and state)",
-          `Empty: output/dream_window; a relative path is inside ComfyUI's output folder. ${NEXT_START}; env DREAM_WINDOW_SESSIONS_FOLDER overrides.`),
+          "Empty: output/dream_window; a relative path is inside ComfyUI's output folder. "
+          + `${NEXT_START}; env DREAM_WINDOW_SESSIONS_FOLDER overrides.`),
   setting("TorchThreads", "Performance", "text", "auto", "Torch CPU threads (auto, keep or a number)",
-          `auto frees one core for the frame writer next to a GPU; keep leaves torch alone. ${NEXT_START}; env DREAM_WINDOW_TORCH_THREADS overrides.`),
+          "auto frees one core for the frame writer next to a GPU; keep leaves torch alone. "
+          + `${NEXT_START}; env DREAM_WINDOW_TORCH_THREADS overrides.`),
   setting("Monitor.Enabled", "GPU monitor", "combo", "auto", "Yield the GPU to other programs",
-          "Pause the running sessions while a listed program runs or VRAM runs short. auto: on where a display is attached, off on a headless server. Env DREAM_WINDOW_MONITOR overrides.",
-          ["auto", "on", "off"]),
+          "Pause the running sessions while a listed program runs or VRAM runs short. auto: on where a display "
+          + "is attached, off on a headless server. Env DREAM_WINDOW_MONITOR overrides.", ["auto", "on", "off"]),
   setting("Monitor.Processes", "GPU monitor", "text", "", "Programs to yield to (comma-separated)",
-          "Part of a process name, any case, e.g. eldenring.exe, cyberpunk2077. Env DREAM_WINDOW_MONITOR_PROCESSES overrides."),
+          "Part of a process name, any case, e.g. eldenring.exe, cyberpunk2077. "
+          + "Env DREAM_WINDOW_MONITOR_PROCESSES overrides."),
   setting("Monitor.MinFreeVramGB", "GPU monitor", "number", 0, "Yield when free VRAM is below (GB, 0 = off)",
-          "The dream's own VRAM counts as free. Needs nvidia-ml-py and an NVIDIA GPU. Env DREAM_WINDOW_MONITOR_MIN_FREE_VRAM_GB overrides.",
-          { min: 0, max: 1024, step: 0.5 }),
-  setting("Monitor.MaxOtherVramGB", "GPU monitor", "number", 0, "Yield when another process uses more VRAM than (GB, 0 = off)",
+          "The dream's own VRAM counts as free. Needs nvidia-ml-py and an NVIDIA GPU. "
+          + "Env DREAM_WINDOW_MONITOR_MIN_FREE_VRAM_GB overrides.", { min: 0, max: 1024, step: 0.5 }),
+  setting("Monitor.MaxOtherVramGB", "GPU monitor", "number", 0,
+          "Yield when another process uses more VRAM than (GB, 0 = off)",
           "Needs nvidia-ml-py and an NVIDIA GPU. Env DREAM_WINDOW_MONITOR_MAX_OTHER_VRAM_GB overrides.",
           { min: 0, max: 1024, step: 0.5 }),
   setting("Monitor.CheckInterval", "GPU monitor", "number", 5, "Check every (seconds)",
           "Env DREAM_WINDOW_MONITOR_INTERVAL overrides.", { min: 0.2, max: 3600, step: 1 }),
   setting("Monitor.ResumeAfter", "GPU monitor", "number", 30, "Resume after the GPU is free for (seconds)",
-          "Long enough that a game's loading screen does not flap it. Env DREAM_WINDOW_MONITOR_RESUME_AFTER overrides.",
-          { min: 0, max: 86400, step: 5 }),
+          "Long enough that a game's loading screen does not flap it. "
+          + "Env DREAM_WINDOW_MONITOR_RESUME_AFTER overrides.", { min: 0, max: 86400, step: 5 }),
   setting("Monitor.KeepModels", "GPU monitor", "boolean", false, "Keep the models loaded while yielding",
-          "Off: ComfyUI unloads its models and frees memory when the dream yields; the first keyframe after resuming reloads them. Env DREAM_WINDOW_MONITOR_KEEP_MODELS overrides."),
+          "Off: ComfyUI unloads its models and frees memory when the dream yields; the first keyframe after "
+          + "resuming reloads them. Env DREAM_WINDOW_MONITOR_KEEP_MODELS overrides."),
 ];
 
 app.registerExtension({
