@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import json
 import logging
+import os
 from typing import Any, Callable
 
 import folder_paths
@@ -48,7 +50,7 @@ log = logging.getLogger("dream_window")
 __all__ = ["ComfyExtension", "io", "ui", "schema", "Choice", "ComfyBackend", "server", "output_directory",
            "input_directory", "executing_prompt_id", "executing_node_id", "current_client_id",
            "run_on_server_loop", "intermediate_device", "send_event", "routes", "model_path", "models_folders",
-           "torch_device", "metadata_disabled", "model_files"]
+           "torch_device", "metadata_disabled", "model_files", "stored_settings", "free_models", "loaded_models"]
 
 _SCHEMA_FIELDS = set(inspect.signature(io.Schema).parameters)
 
@@ -104,6 +106,37 @@ def models_folders(kind: str) -> list[str]:
 def metadata_disabled() -> bool:
     """Whether the server runs with ``--disable-metadata`` (no workflow in saved images)."""
     return bool(cli_args.disable_metadata)
+
+
+def stored_settings() -> dict:
+    """ComfyUI's stored settings (what the settings dialog saves through ``POST /settings``): the
+    default user's ``comfy.settings.json`` in ComfyUI's user folder, the one file a single-user server
+    has (with ``--multi-user`` the server-wide settings are the default user's). ``{}`` when there is
+    none; an unreadable file is logged and read as ``{}``."""
+    path = os.path.join(folder_paths.get_user_directory(), "default", "comfy.settings.json")
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        log.warning("dream_window: cannot read ComfyUI's settings file %s (%s); the Dream Window settings "
+                    "take their environment variables or defaults", path, exc)
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def free_models() -> None:
+    """Unload every model and free cached memory, as ``POST /free {"unload_models": true, "free_memory":
+    true}`` does: flags the prompt worker acts on as soon as it is idle."""
+    queue = PromptServer.instance.prompt_queue
+    queue.set_flag("unload_models", True)
+    queue.set_flag("free_memory", True)
+
+
+def loaded_models() -> int:
+    """How many models ComfyUI's model management holds loaded."""
+    return len(model_management.current_loaded_models)
 
 
 def torch_device():

@@ -457,6 +457,7 @@ class DreamWindowCommit(io.ComfyNode):
                                  f"again") from exc
             if loop is not None:  # only now: a keyframe that failed before here decides again the same way
                 loop.commit(keyframe)
+        RUNTIME.committed(session.name)
         shown = writer.last_written
         writer.submit(first, to_uint8(images), cls._frame_text(session.name))
         ui = None
