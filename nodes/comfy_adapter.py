@@ -129,9 +129,8 @@ def stored_settings() -> dict:
 def free_models() -> None:
     """Unload every model and free cached memory, as ``POST /free {"unload_models": true, "free_memory":
     true}`` does: flags the prompt worker acts on as soon as it is idle."""
-    queue = PromptServer.instance.prompt_queue
-    queue.set_flag("unload_models", True)
-    queue.set_flag("free_memory", True)
+    for flag in ("unload_models", "free_memory"):
+        PromptServer.instance.prompt_queue.set_flag(flag, True)
 
 
 def loaded_models() -> int:
