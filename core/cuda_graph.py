@@ -14,7 +14,8 @@ first out, releasing the graph and its buffers).
 duck-types ComfyUI's objects; this module imports no ComfyUI). It serves
 ``apply_model(input, timestep, **c)`` from graphs while a sampling run that it has checked is
 in progress, and falls back for anything that could make a replay differ from the eager call:
-ControlNet, transformer-option patches, forward wrappers, hooks, a partially offloaded model.
+ControlNet, transformer-option patches, forward wrappers, hooks, weights that can move while the
+model runs (a partially offloaded model, newer ComfyUI's dynamic VRAM: :func:`moving_weights`).
 
 The capture mechanism is a :class:`GraphBackend` (:class:`CudaGraphBackend` by default), so the
 keys, LRU, invalidation and fallbacks run on CPU in tests with a fake backend.
@@ -292,6 +293,47 @@ PATCH_OPTIONS = frozenset({"patches", "patches_replace"})
 """Transformer options served only while empty: patches run Python inside the forward."""
 
 
+def is_dynamic_vram(patcher: Any) -> bool:
+    """Whether ComfyUI loads ``patcher``'s model with dynamic VRAM (newer ComfyUI; never in 0.3.75).
+
+    What upstream ComfyUI does (read in its source, late 2026): ``ModelPatcher.is_dynamic()`` returns
+    False and its subclass ``ModelPatcherDynamic.is_dynamic()`` True. When the ``comfy_aimdo`` allocator
+    starts (on by default on NVIDIA with torch >= 2.8; ``--disable-dynamic-vram``, ``--highvram``,
+    ``--gpu-only``, ``--novram`` and ``--cpu`` turn it off, ``--enable-dynamic-vram`` forces it),
+    ``main.py`` rebinds ``comfy.model_patcher.CoreModelPatcher`` to ``ModelPatcherDynamic`` and sets
+    ``comfy.memory_management.aimdo_enabled``; every loader then builds its model with that class (a
+    model whose load device is the CPU stays a plain ``ModelPatcher``). Such a model's weights live in a
+    virtual address range (a "vbar") that is paged in and evicted, and prefetched block by block
+    (``transformer_options["prefetch_dynamic_vbars"]``), while the model runs; a graph that captured their
+    addresses could replay on evicted or replaced memory, so it would give wrong frames.
+    """
+    is_dynamic = getattr(patcher, "is_dynamic", None)
+    return bool(callable(is_dynamic) and is_dynamic())
+
+
+def moving_weights(patcher: Any, tensors: Sequence[torch.Tensor]) -> str | None:
+    """Why the weights of ``patcher``'s model (``tensors``: its weights and buffers) can move or change
+    while it runs, so a captured graph could read stale memory; None when they stay put.
+
+    Dynamic VRAM (:func:`is_dynamic_vram`); a partial load (``model_lowvram``: ComfyUI moves the weights
+    that did not fit to the GPU layer by layer inside the forward, and applies their patches as each one
+    is cast); weights and buffers on more than one device; weight hooks (they swap weights between
+    steps). ``lowvram_patch_counter`` is not read: 0.3.75 keeps its count after a partial load grows
+    into a full one, so it would refuse runs that are safe."""
+    model = patcher.model
+    devices = sorted({str(tensor.device) for tensor in tensors})
+    if is_dynamic_vram(patcher):
+        return ("the model is loaded with dynamic VRAM (ComfyUI's ModelPatcherDynamic): its weights are paged "
+                "in and out while it runs; start ComfyUI with --disable-dynamic-vram to use CUDA graphs")
+    if getattr(model, "model_lowvram", False):
+        return "the model is partially offloaded (low VRAM): its weights move during the forward"
+    if len(devices) > 1:
+        return f"the model is not loaded completely: its weights and buffers are on {', '.join(devices)}"
+    if patcher.hook_patches:
+        return "weight hooks are registered: they swap weights between steps"
+    return None
+
+
 def weights_token(patcher: Any, tensors: Sequence[torch.Tensor]) -> tuple:
     """What a captured graph depends on besides its inputs: the model object, its patches and object
     patches, and the address of every weight and buffer in ``tensors`` (a graph reads weights by
@@ -308,8 +350,9 @@ class UnetGraphWrapper:
     as the ModelPatcher's ``ON_PRE_RUN``, ``ON_CLEANUP`` and ``ON_DETACH`` callbacks:
 
     * ``on_pre_run`` (each sampling run, after the model is loaded) checks the run can be served
-      (the model is fully loaded: no low-VRAM offload, every weight and buffer, the sampling
-      schedule included, on one device; no weight hooks) and computes :func:`weights_token`; when the
+      (no weight can move while it runs, :func:`moving_weights`: no dynamic VRAM, no low-VRAM offload or
+      patches, every weight and buffer, the sampling schedule included, on one device; no weight hooks)
+      and computes :func:`weights_token`; when the
       token differs from the graphs' token, every graph is released before anything is replayed.
       Graphs are thus keyed on the patcher's weights and patches (``patches_uuid``), not on the
       patcher object: a clone with the same weights reuses them; a model swap or re-patch
@@ -357,13 +400,9 @@ class UnetGraphWrapper:
         model = patcher.model
         self._armed = None
         tensors = list(chain(model.parameters(), model.buffers()))
-        devices = sorted({str(device) for device in {tensor.device for tensor in tensors}})
-        if model.model_lowvram:
-            self._disarm("the model is partially offloaded (low VRAM): its weights move during the forward")
-        elif len(devices) > 1:
-            self._disarm(f"the model is not loaded completely: its weights and buffers are on {', '.join(devices)}")
-        elif patcher.hook_patches:
-            self._disarm("weight hooks are registered: they swap weights between steps")
+        moving = moving_weights(patcher, tensors)
+        if moving is not None:
+            self._disarm(moving)
         else:
             token = weights_token(patcher, tensors)
             if token != self._token:

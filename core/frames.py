@@ -8,6 +8,7 @@ only: every frame not yet played stays, and ``retention`` played frames before i
 from __future__ import annotations
 
 import filecmp
+import json
 import logging
 import os
 import queue
@@ -44,6 +45,22 @@ def frames_on_disk(folder: Path) -> dict[int, Path]:
     if not folder.is_dir():
         return {}
     return {int(match.group(1)): path for path in folder.iterdir() if (match := FRAME_RE.match(path.name))}
+
+
+def select_frames(frames: dict[int, Path], first: int, last: int, stride: int) -> list[int]:
+    """The indices of ``frames`` from ``first`` to ``last`` (inclusive; ``last`` -1: the newest
+    frame), every ``stride``-th counted from ``first``. Raises ``ValueError`` saying what is on disk
+    when none is in the range."""
+    if stride < 1:
+        raise ValueError(f"stride must be at least 1, got {stride}")
+    if not frames:
+        raise ValueError("the session has no frames on disk")
+    end = max(frames) if last < 0 else last
+    chosen = [index for index in sorted(frames) if first <= index <= end and (index - first) % stride == 0]
+    if not chosen:
+        raise ValueError(f"no frame from {first} to {end} (stride {stride}) is on disk; the session holds frames "
+                         f"{min(frames)} to {max(frames)} (older played frames are deleted beyond the retention)")
+    return chosen
 
 
 def shown_frame(frames: dict[int, Path], current: Path) -> int | None:
@@ -91,9 +108,22 @@ def _png_chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
-def encode_png(frame: np.ndarray, level: int = 1) -> bytes:
+def png_text(prompt: dict | None, extra_pnginfo: dict | None) -> bytes:
+    """The ``tEXt`` chunks ComfyUI's SaveImage writes: ``prompt`` as JSON, then each key of
+    ``extra_pnginfo`` (the graph editor sends ``workflow``) with its value as JSON. Dropping such a
+    PNG on the graph editor loads that workflow. Built once per batch, not per frame.
+
+    ``json.dumps`` writes ASCII only, so every chunk is plain Latin-1 ``tEXt`` (what Pillow writes
+    for the same text)."""
+    texts = ([("prompt", prompt)] if prompt is not None else []) + list((extra_pnginfo or {}).items())
+    return b"".join(_png_chunk(b"tEXt", key.encode("latin-1") + b"\0" + json.dumps(value).encode("latin-1"))
+                    for key, value in texts)
+
+
+def encode_png(frame: np.ndarray, level: int = 1, text: bytes = b"") -> bytes:
     """uint8 ``[H, W, C]`` → PNG bytes: each row stored with PNG's "Up" filter (numpy), then
-    deflated by ``zlib.compress`` at ``level``.
+    deflated by ``zlib.compress`` at ``level``; ``text`` (chunks from :func:`png_text`) goes
+    between the header and the pixels.
 
     About twice as fast as Pillow's encoder at ``compress_level=1`` for the same file size on
     dream frames (``bench/frame_encode.py``): less CPU taken from the sampler per frame written.
@@ -105,7 +135,7 @@ def encode_png(frame: np.ndarray, level: int = 1) -> bytes:
     filtered[0, 1:] = rows[0]
     np.subtract(rows[1:], rows[:-1], out=filtered[1:, 1:])
     header = struct.pack(">IIBBBBB", width, height, 8, PNG_COLOR_TYPES[channels], 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header)
+    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + text
             + _png_chunk(b"IDAT", zlib.compress(filtered.tobytes(), level)) + _png_chunk(b"IEND", b""))
 
 
@@ -135,9 +165,10 @@ class FrameWriter:
                                         daemon=True)
         self._thread.start()
 
-    def submit(self, first_index: int, frames: np.ndarray) -> None:
-        """Queue ``frames`` (uint8 ``[B, H, W, C]``) as indices ``first_index ...``."""
-        self._queue.put((first_index, frames))
+    def submit(self, first_index: int, frames: np.ndarray, text: bytes = b"") -> None:
+        """Queue ``frames`` (uint8 ``[B, H, W, C]``) as indices ``first_index ...``, each PNG
+        carrying the ``text`` chunks (:func:`png_text`)."""
+        self._queue.put((first_index, frames, text))
 
     def played(self) -> None:
         """Playback moved on: prune the played frames beyond the retention (one request at a time)."""
@@ -164,13 +195,13 @@ class FrameWriter:
                 except OSError as exc:
                     log.error("dream_window: deleting played frames in %s failed: %s", self.folder, exc)
                 continue
-            first, frames = item
+            first, frames, text = item
             try:
                 self.folder.mkdir(parents=True, exist_ok=True)
                 written = []
                 for offset, frame in enumerate(frames):
                     path = self.folder / frame_name(first + offset)
-                    atomic_write_bytes(path, encode_png(frame))
+                    atomic_write_bytes(path, encode_png(frame, text=text))
                     written.append((first + offset, str(path)))
                     self.last_written = first + offset
                 self.on_written(written)

@@ -78,6 +78,8 @@ class Session:
     seeds: list[int] = field(default_factory=list)
     state: str = "idle"
     error: dict | None = None
+    paused_reason: str | None = None
+    """Why the GPU monitor paused the session ("yielding to eldenring.exe"); None when it did not."""
     prompt: dict | None = None
     client_id: str | None = None
     settings: dict = field(default_factory=lambda: {"enabled": True, "max_iterations": 0, "min_delay": 0.0})
@@ -104,6 +106,7 @@ class Session:
                 "iteration": self.iteration,
                 "frames": self.frames_produced(),
                 "last_error": self.error,
+                "paused_reason": self.paused_reason,
                 "max_iterations": self.settings.get("max_iterations", 0),
                 "has_prompt": self.prompt is not None,
                 "resumable": self.state == "interrupted" and self.prompt is not None,
@@ -118,6 +121,7 @@ class Session:
             "seeds": self.seeds,
             "state": self.state,
             "error": self.error,
+            "paused_reason": self.paused_reason,
             "prompt": self.prompt,
             "client_id": self.client_id,
             "settings": self.settings,
@@ -256,10 +260,11 @@ class Session:
             raise SessionError(f"session {name!r}: cannot read {state_path} ({exc}); "
                                f"delete or reset the session to start it afresh") from exc
         session = cls(name=name, folder=folder)
-        for key in ("iteration", "next_frame", "seeds", "state", "error", "prompt", "client_id",
+        for key in ("iteration", "next_frame", "seeds", "state", "error", "paused_reason", "prompt", "client_id",
                     "settings", "stats", "rotation", "policy", "created", "latents_file"):
             if key in data:
                 setattr(session, key, data[key])
+        session.paused_reason = None  # no monitor of this process paused it: it stays paused until started
         if session.state not in STATES:
             session.state = "idle"
         elif session.state == "running":  # no prompt of it is queued in a server that just started

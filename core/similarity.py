@@ -28,6 +28,7 @@ Nothing here imports ComfyUI; ``open_clip`` is imported lazily inside
 from __future__ import annotations
 
 import os
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -476,6 +477,26 @@ def open_clip_available() -> bool:
     return importlib.util.find_spec("open_clip") is not None
 
 
+def _natural_key(name: str) -> list:
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name.lower())]
+
+
+def open_clip_configs() -> list[str]:
+    """The model configs open_clip ships (what ``open_clip.list_models()`` lists, in its order), or
+    none when open_clip is not installed.
+
+    Read from the package's ``model_configs/*.json`` without importing it: importing open_clip takes
+    seconds (it imports timm and torchvision), and ComfyUI asks for the node's inputs at every start."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("open_clip")
+    if spec is None or not spec.submodule_search_locations:
+        return []
+    names = {path.stem for folder in spec.submodule_search_locations
+             for path in Path(folder, "model_configs").glob("*.json")}
+    return sorted(names, key=_natural_key)
+
+
 _REGISTRY: Mapping[str, type[SimilarityStrategy]] = MappingProxyType(
     {
         cls.name: cls
@@ -555,6 +576,7 @@ __all__ = [
     "load_open_clip",
     "mean_pairwise_similarity",
     "open_clip_available",
+    "open_clip_configs",
     "phash_bits",
     "phash_hex",
     "strategy_class",

@@ -127,6 +127,7 @@ STATUS_KEYS: tuple[str, ...] = (
     "cache_avg_similarity",
     "state",
     "error_message",
+    "paused_reason",
     "target_fps",
     "fps_achieved",
     "keyframe_time",
@@ -221,6 +222,7 @@ def build_status(
     interpolations_generated: int = 0,
     cache: CacheStats | None = None,
     error_message: str | None = None,
+    paused_reason: str | None = None,
     now: datetime | None = None,
 ) -> dict[str, Any]:
     """Build the status document, keys in ``STATUS_KEYS`` order.
@@ -229,7 +231,8 @@ def build_status(
     buffering is reported as "buffering". ``mode`` is the keyframe source's mode of
     the last keyframe (None before the first). ``generation_time`` is the mean
     keyframe time, ``keyframe_time`` and ``batch_decode_time`` the latest ones
-    (seconds). ``frame_number`` is the number of frames played. ``now`` (default:
+    (seconds). ``paused_reason`` says why the GPU monitor paused the session (None otherwise).
+    ``frame_number`` is the number of frames played. ``now`` (default:
     the local time) dates ``last_update``. Raises ``ValueError`` for an unknown
     state or an "error" state without a message.
     """
@@ -274,6 +277,7 @@ def build_status(
         "cache_avg_similarity": _number(cache.cache_avg_similarity, 4),
         "state": state.value,
         "error_message": error_message,
+        "paused_reason": paused_reason,
         "target_fps": buffer.fps,
         "fps_achieved": _number(buffer.fps_achieved, 2),
         "keyframe_time": _number(keyframe_time, 3),

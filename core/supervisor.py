@@ -125,7 +125,7 @@ class Supervisor:
             if user_started:
                 self.failures = 0
                 s.state = "running" if s.settings.get("enabled", True) else "idle"
-                s.error = None
+                s.error, s.paused_reason = None, None
             self._save()
         if user_started:
             self.notify(s.summary())
@@ -148,7 +148,7 @@ class Supervisor:
                                      f"the workflow again")
             if client_id:
                 s.client_id = client_id
-            s.state, s.error = "running", None
+            s.state, s.error, s.paused_reason = "running", None, None
             self._save()
         self.failures = 0
         self.notify(s.summary())
@@ -156,13 +156,15 @@ class Supervisor:
             return "already queued"
         return await self._queue()
 
-    def set_state(self, state: str) -> bool:
+    def set_state(self, state: str, reason: str | None = None) -> bool:
         """Pause or stop: takes effect at the next iteration boundary. A pause leaves a stopped or idle
-        session as it is (nothing runs that could be paused): False then, else True."""
+        session as it is (nothing runs that could be paused): False then, else True. ``reason``: why the GPU
+        monitor pauses it (kept with the state; any other change, the user's own pause included, clears it)."""
         with self.session.lock:
             if state == "paused" and self.session.state in ("stopped", "idle"):
                 return False
             self.session.state = state
+            self.session.paused_reason = reason if state == "paused" else None
             self._save()
         self._wake.set()
         self.notify(self.session.summary())

@@ -14,14 +14,23 @@ from __future__ import annotations
 
 import os
 
-ENV = "DREAM_WINDOW_TORCH_THREADS"
-"""``auto`` (default), ``keep``, or a thread count."""
-
 RESERVED_CORES = 1
 """The frame writer's core."""
 
 MIN_CORES = 4
 """Below this many cores ``auto`` leaves torch alone: a core is too large a share to give up."""
+
+
+def parse_setting(value) -> str:
+    """The torch threads setting (``core.settings.TORCH_THREADS``) as ``auto``, ``keep`` or a thread count."""
+    if value is None:
+        return "auto"
+    text = str(value).strip().lower() if isinstance(value, (str, int)) and not isinstance(value, bool) else "?"
+    if text in ("", "auto"):
+        return "auto"
+    if text == "keep" or (text.isdigit() and int(text) >= 1):
+        return text
+    raise ValueError("use auto, keep or a whole number of threads from 1")
 
 
 def planned_threads(current: int, usable_cores: int, accelerated: bool, setting: str | None) -> int | None:
@@ -32,16 +41,14 @@ def planned_threads(current: int, usable_cores: int, accelerated: bool, setting:
     them;
     ``keep`` never changes anything; a whole number >= 1 is used as given.
     """
-    value = (setting or "auto").strip().lower()
+    value = parse_setting(setting)
     if value == "keep":
         return None
     if value == "auto":
         if accelerated and usable_cores >= MIN_CORES and current > usable_cores - RESERVED_CORES:
             return usable_cores - RESERVED_CORES
         return None
-    if value.isdigit() and int(value) >= 1:
-        return int(value)
-    raise ValueError(f"{ENV}={setting!r}: use auto, keep or a whole number of threads from 1")
+    return int(value)
 
 
 def usable_cores() -> int:

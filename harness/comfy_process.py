@@ -57,13 +57,12 @@ class ComfyServer:
                  extra_packs: dict[str, Path] | None = None, models: Path | None = None,
                  python: str = sys.executable, listen: str = "127.0.0.1", cpu: bool = True,
                  comfyui_dir: Path = COMFYUI_DIR, link_pack: bool = True,
-                 tls: tuple[Path, Path] | None = None, umask: int | None = None,
-                 front_end_root: Path | None = None):
+                 tls: tuple[Path, Path] | None = None, umask: int | None = None, args: tuple[str, ...] = ()):
         """``link_pack=False``: the pack is not linked in (e.g. a test installed it into ``custom_nodes``).
         ``tls``: (certificate, key) files to serve https with (``--tls-certfile/--tls-keyfile``); the
         helpers below trust that certificate (a self-signed one for 127.0.0.1 made by a test). ``umask``: the
-        server process's umask (default: inherited). ``front_end_root``: serve this frontend build instead of
-        the one ComfyUI ships (``--front-end-root``)."""
+        server process's umask (default: inherited). ``args``: more ComfyUI command-line arguments
+        (e.g. ``--disable-metadata``)."""
         self.base = Path(base)
         self.comfyui_dir = Path(comfyui_dir)
         self.port = port or free_port()
@@ -73,7 +72,7 @@ class ComfyServer:
         self.cpu = cpu
         self.tls = tls
         self.umask = umask
-        self.front_end_root = front_end_root
+        self.args = tuple(args)
         self.proc: subprocess.Popen | None = None
         self.client_id = uuid.uuid4().hex
         (self.base / "custom_nodes").mkdir(parents=True, exist_ok=True)
@@ -101,8 +100,7 @@ class ComfyServer:
             cmd.append("--cpu")
         if self.tls:
             cmd += ["--tls-certfile", str(self.tls[0]), "--tls-keyfile", str(self.tls[1])]
-        if self.front_end_root:
-            cmd += ["--front-end-root", str(self.front_end_root)]
+        cmd += self.args
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(cmd, cwd=self.comfyui_dir, stdout=log, stderr=subprocess.STDOUT,
                                      env={**os.environ, **self.env}, start_new_session=True,

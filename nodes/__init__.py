@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import os
 
-from . import routes
+from ..core.settings import RESUME_ON_START
+from . import routes, settings
 from .accel_nodes import NODES as ACCEL_NODES
 from .comfy_adapter import ComfyExtension
 from .cache_nodes import NODES as CACHE_NODES
 from .loop_nodes import NODES as LOOP_NODES
 from .window_nodes import NODES as WINDOW_NODES
+from .monitor import MONITOR
 from .runtime import RUNTIME
-
-RESUME_ENV = "DREAM_WINDOW_RESUME_ON_START"
 
 _registered = False
 
@@ -28,6 +27,7 @@ async def entrypoint() -> DreamWindowExtension:
     if not _registered:
         routes.register()
         _registered = True
-        if os.environ.get(RESUME_ENV) == "1":
+        MONITOR.start()
+        if settings.value(RESUME_ON_START):
             asyncio.get_running_loop().create_task(RUNTIME.resume_running())
     return DreamWindowExtension()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from ..core.cuda_graph import DEFAULT_MAX_GRAPHS, UnetGraphWrapper
+from ..core.cuda_graph import DEFAULT_MAX_GRAPHS, UnetGraphWrapper, is_dynamic_vram
 from . import comfy_adapter as comfy
 from .comfy_adapter import io, ui
 from .loop_nodes import CATEGORY
@@ -24,10 +24,11 @@ class DreamWindowCudaGraph(io.ComfyNode):
             description="Speeds up the dream loop's sampler on a CUDA GPU: the diffusion model's forward is "
                         "captured once per shape in a CUDA graph and replayed at every step, with no Python or "
                         "kernel-launch overhead. Anything a replay cannot reproduce exactly (another shape, "
-                        "ControlNet, model patches or hooks it does not know, a partially offloaded model, CPU or "
-                        "MPS) runs the normal eager forward, logged once with the reason. Graphs are released "
-                        "when the model is unloaded or patched differently. Put it between the model loader "
-                        "(or the last model patch) and KSampler.",
+                        "ControlNet, model patches or hooks it does not know, a partially offloaded model or one "
+                        "whose weights ComfyUI's dynamic VRAM pages in and out, CPU or MPS) runs the normal eager "
+                        "forward, logged once with the reason. Graphs are released when the model is unloaded or "
+                        "patched differently. Put it between the model loader (or the last model patch) and "
+                        "KSampler.",
             search_aliases=["cuda graph", "accelerate", "speed up", "faster sampling", "unet capture"],
             inputs=[
                 io.Model.Input("model", tooltip="The diffusion model to accelerate (Load Checkpoint's MODEL, or "
@@ -49,6 +50,12 @@ class DreamWindowCudaGraph(io.ComfyNode):
         if "model_function_wrapper" in model.model_options:
             text = ("left unchanged: this model already has a model_function_wrapper (from another node); "
                     "put DreamWindowCudaGraph before that node or remove it")
+            log.warning("%s #%s: %s", NODE_ID, cls.hidden.unique_id, text)
+            return io.NodeOutput(model, ui=ui.PreviewText(text))
+        if is_dynamic_vram(model):
+            text = ("left unchanged, every forward runs eagerly: ComfyUI loads this model with dynamic VRAM, which "
+                    "pages its weights in and out while it runs (a replayed graph would read moved weights); "
+                    "start ComfyUI with --disable-dynamic-vram to use CUDA graphs")
             log.warning("%s #%s: %s", NODE_ID, cls.hidden.unique_id, text)
             return io.NodeOutput(model, ui=ui.PreviewText(text))
         wrapper = UnetGraphWrapper(f"{NODE_ID} #{cls.hidden.unique_id}", comfy.forward_wrappers)

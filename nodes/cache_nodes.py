@@ -5,7 +5,7 @@ from __future__ import annotations
 from ..core.aesthetic import apply_tuning
 from ..core.cache_store import EVICTION_POLICIES, CacheStoreError
 from ..core.session import SessionError
-from ..core.similarity import STRATEGY_NAMES, strategy_class
+from ..core.similarity import STRATEGY_NAMES, open_clip_configs, strategy_class
 from . import comfy_adapter as comfy
 from .caches import CACHES, NODE, CacheHandle, image_encoder
 from .comfy_adapter import io
@@ -13,6 +13,29 @@ from .common import CATEGORY, CacheType, fail, session_input
 from .runtime import RUNTIME
 
 DEFAULT_STRATEGY = "dual_metric"
+DEFAULT_OPEN_CLIP_CONFIG = "ViT-B-32"
+NO_WEIGHTS = ""
+"""The open_clip_weights choice "none" (the only strategy that needs weights is open_clip)."""
+
+
+def open_clip_inputs() -> list:
+    """The open_clip config and weights combos: what is installed, listed when ComfyUI asks for the node's
+    inputs (so a file put into models/clip_vision shows after the editor refreshes its node definitions)."""
+    configs = open_clip_configs()
+    config_tip = "For strategy open_clip: the open_clip model config the weights file was trained with."
+    if not configs:
+        configs = [DEFAULT_OPEN_CLIP_CONFIG]
+        config_tip += (" open_clip is not installed, so only the default is listed: install open_clip_torch "
+                       "into ComfyUI's Python to list its configs and use this strategy.")
+    weights = [NO_WEIGHTS, *comfy.model_files("clip_vision")]
+    return [
+        comfy.Choice("open_clip_config", options=configs, default=DEFAULT_OPEN_CLIP_CONFIG, optional=True,
+                     tooltip=config_tip),
+        comfy.Choice("open_clip_weights", options=weights, default=NO_WEIGHTS, optional=True,
+                     tooltip="For strategy open_clip: an open_clip weights file from models/clip_vision "
+                             "(empty: none; put the file there and refresh the node definitions, Dream Window "
+                             "never downloads models)."),
+    ]
 
 
 def tuning_refusal(strategy: str, tuning: str) -> str | None:
@@ -70,11 +93,7 @@ class DreamWindowCache(io.ComfyNode):
                                         "range are refused when the workflow is queued."),
                 io.ClipVision.Input("clip_vision", optional=True,
                                     tooltip="For strategy clip_vision: a CLIP vision model from Load CLIP Vision."),
-                io.String.Input("open_clip_config", default="ViT-B-32", optional=True,
-                                tooltip="For strategy open_clip: the open_clip model config name."),
-                io.String.Input("open_clip_weights", default="", optional=True,
-                                tooltip="For strategy open_clip: the weights file in models/clip_vision "
-                                        "(never downloaded)."),
+                *open_clip_inputs(),
             ],
             outputs=[CacheType.Output("cache", tooltip="Wire into the keyframe source and the commit node.")],
         )
@@ -95,7 +114,7 @@ class DreamWindowCache(io.ComfyNode):
 
     @classmethod
     def execute(cls, session, cache_name, strategy, capacity, eviction, admission, logic, injection, rng_seed,
-                tuning, clip_vision=None, open_clip_config="ViT-B-32", open_clip_weights=""):
+                tuning, clip_vision=None, open_clip_config=DEFAULT_OPEN_CLIP_CONFIG, open_clip_weights=NO_WEIGHTS):
         handle = CacheHandle(session.name, cache_name or session.name, strategy, capacity, eviction, admission,
                              logic, bool(injection), tuning or "{}", rng_seed)
         try:

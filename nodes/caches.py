@@ -128,7 +128,7 @@ def image_encoder(strategy: str, clip_vision, open_clip_config: str, open_clip_w
         return lambda images: clip_vision.encode_image(images).image_embeds
     if strategy == "open_clip":
         folders = ", ".join(comfy.models_folders("clip_vision"))
-        if not open_clip_weights or Path(open_clip_weights).is_absolute() or ".." in Path(open_clip_weights).parts:
+        if not open_clip_weights:  # any other name is one ComfyUI listed (the input is a choice)
             raise fail(NODE, f"strategy open_clip needs open_clip_weights: the name of a weights file in "
                              f"models/clip_vision ({folders})")
         path = comfy.model_path("clip_vision", open_clip_weights)

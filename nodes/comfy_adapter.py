@@ -1,14 +1,19 @@
 """The only module that imports ComfyUI (``comfy_api``, ``server``, ``folder_paths``, ``comfy``).
 
 Everything ComfyUI-specific the pack needs goes through here, so an API change upstream is
-mended in one place. The versioned ``comfy_api.v0_0_2`` is preferred (present in 0.3.75 and
-current upstream); ``comfy_api.latest`` is the fallback.
+mended in one place; ``tests/packaging/test_comfy_contract.py`` checks every symbol and route used
+here against a ComfyUI tree. The newest versioned ``comfy_api`` namespace present is preferred
+(``VERSIONED_APIS``: ``v0_0_3`` in current upstream, ``v0_0_2`` in 0.3.75 and upstream), then
+``comfy_api.latest``.
 """
 
 from __future__ import annotations
 
+import importlib
 import inspect
+import json
 import logging
+import os
 from typing import Any, Callable
 
 import folder_paths
@@ -19,10 +24,21 @@ from comfy.cli_args import args as cli_args
 
 from ..core.supervisor import ConfigurationError
 
-try:
-    from comfy_api.v0_0_2 import ComfyExtension, io, ui
-except ImportError:  # pragma: no cover - ComfyUI builds without the versioned namespace
-    from comfy_api.latest import ComfyExtension, io, ui
+VERSIONED_APIS = ("v0_0_3", "v0_0_2")
+"""The versioned ``comfy_api`` namespaces the pack is written against, newest first."""
+
+
+def _comfy_api():
+    for version in VERSIONED_APIS:
+        try:
+            return importlib.import_module(f"comfy_api.{version}")
+        except ImportError:
+            continue
+    return importlib.import_module("comfy_api.latest")
+
+
+COMFY_API = _comfy_api()
+ComfyExtension, io, ui = COMFY_API.ComfyExtension, COMFY_API.io, COMFY_API.ui
 
 try:
     from comfy_execution.utils import get_executing_context
@@ -34,7 +50,7 @@ log = logging.getLogger("dream_window")
 __all__ = ["ComfyExtension", "io", "ui", "schema", "Choice", "ComfyBackend", "server", "output_directory",
            "input_directory", "executing_prompt_id", "executing_node_id", "current_client_id",
            "run_on_server_loop", "intermediate_device", "send_event", "routes", "model_path", "models_folders",
-           "torch_device"]
+           "torch_device", "metadata_disabled", "model_files", "stored_settings", "free_models", "loaded_models"]
 
 _SCHEMA_FIELDS = set(inspect.signature(io.Schema).parameters)
 
@@ -77,8 +93,49 @@ def model_path(kind: str, name: str) -> str | None:
     return folder_paths.get_full_path(kind, name)
 
 
+def model_files(kind: str) -> list[str]:
+    """The model files of ``kind`` (a models/ folder name such as ``clip_vision``) ComfyUI finds, as the
+    names its loaders list."""
+    return list(folder_paths.get_filename_list(kind))
+
+
 def models_folders(kind: str) -> list[str]:
     return list(folder_paths.get_folder_paths(kind))
+
+
+def metadata_disabled() -> bool:
+    """Whether the server runs with ``--disable-metadata`` (no workflow in saved images)."""
+    return bool(cli_args.disable_metadata)
+
+
+def stored_settings() -> dict:
+    """ComfyUI's stored settings (what the settings dialog saves through ``POST /settings``): the
+    default user's ``comfy.settings.json`` in ComfyUI's user folder, the one file a single-user server
+    has (with ``--multi-user`` the server-wide settings are the default user's). ``{}`` when there is
+    none; an unreadable file is logged and read as ``{}``."""
+    path = os.path.join(folder_paths.get_user_directory(), "default", "comfy.settings.json")
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        log.warning("dream_window: cannot read ComfyUI's settings file %s (%s); the Dream Window settings "
+                    "take their environment variables or defaults", path, exc)
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def free_models() -> None:
+    """Unload every model and free cached memory, as ``POST /free {"unload_models": true, "free_memory":
+    true}`` does: flags the prompt worker acts on as soon as it is idle."""
+    for flag in ("unload_models", "free_memory"):
+        PromptServer.instance.prompt_queue.set_flag(flag, True)
+
+
+def loaded_models() -> int:
+    """How many models ComfyUI's model management holds loaded."""
+    return len(model_management.current_loaded_models)
 
 
 def torch_device():

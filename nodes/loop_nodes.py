@@ -13,8 +13,8 @@ from ..core import images as seed_images
 from ..core import interpolation
 from ..core.aesthetic import ACTION_CACHE, ACTION_NONE, ACTION_SEED
 from ..core.cache_store import EmbeddingMismatchError
-from ..core.frames import frame_name, to_uint8
-from ..core.session import SessionError, validate_name
+from ..core.frames import frame_name, png_text, to_uint8
+from ..core.session import SessionError, strip_is_changed, validate_name
 from . import comfy_adapter as comfy
 from .caches import CACHES
 from .comfy_adapter import io
@@ -350,7 +350,10 @@ class DreamWindowCommit(io.ComfyNode):
             description="Records the new keyframe in the session (persisted atomically), numbers the frames "
                         "and writes each one to disk once, off the executor thread, into "
                         "output/dream_window/<session>/frames with a retention limit; with a cache wired in, "
-                        "embeds the keyframe and the pair's midpoint and admits the diverse ones.",
+                        "embeds the keyframe and the pair's midpoint and admits the diverse ones. Each frame PNG "
+                        "carries the prompt and workflow as Save Image writes them (unless ComfyUI runs with "
+                        "--disable-metadata): drop one on the graph to get the dream's workflow back. Also "
+                        "outputs the new keyframe as an IMAGE.",
             search_aliases=["save frames", "dream commit"],
             is_output_node=True,
             inputs=[
@@ -371,8 +374,28 @@ class DreamWindowCommit(io.ComfyNode):
             ],
             outputs=[SessionType.Output("session_out", display_name="session",
                                         tooltip="The session again, after this iteration is committed: wire it "
-                                                "into the autoqueue node.")],
+                                                "into the autoqueue node."),
+                     io.Image.Output("keyframe", display_name="keyframe",
+                                     tooltip="The new keyframe as an IMAGE (the last frame of the batch): wire "
+                                             "it into Preview Image, Save Image or a video node.")],
+            hidden=[io.Hidden.prompt, io.Hidden.extra_pnginfo],
         )
+
+    _pnginfo: dict[str, dict] = {}
+    """Per session, the last ``extra_pnginfo`` (the editor's workflow) an iteration was queued with:
+    the supervisor queues the next iterations with the prompt alone."""
+
+    @classmethod
+    def _frame_text(cls, name: str) -> bytes:
+        """The text chunks of this iteration's frames, as ComfyUI's SaveImage writes them (none with
+        ``--disable-metadata``); the prompt as it was queued, without the ``is_changed`` values (NaN,
+        which is not JSON) ComfyUI adds to a prompt whose nodes always run."""
+        if comfy.metadata_disabled():
+            return b""
+        if cls.hidden.extra_pnginfo:
+            cls._pnginfo[name] = cls.hidden.extra_pnginfo
+        prompt = cls.hidden.prompt
+        return png_text(strip_is_changed(prompt) if prompt is not None else None, cls._pnginfo.get(name))
 
     @classmethod
     def fingerprint_inputs(cls, **kwargs):
@@ -434,13 +457,14 @@ class DreamWindowCommit(io.ComfyNode):
                                  f"again") from exc
             if loop is not None:  # only now: a keyframe that failed before here decides again the same way
                 loop.commit(keyframe)
+        RUNTIME.committed(session.name)
         shown = writer.last_written
-        writer.submit(first, to_uint8(images))
+        writer.submit(first, to_uint8(images), cls._frame_text(session.name))
         ui = None
         if shown is not None:
             subfolder = f"dream_window/{session.name}/frames"
             ui = {"images": [{"filename": frame_name(shown), "subfolder": subfolder, "type": "output"}]}
-        return io.NodeOutput(session, ui=ui)
+        return io.NodeOutput(session, images[-1:], ui=ui)
 
     @staticmethod
     def _check_frames_folder(folder: Path) -> None:
@@ -526,6 +550,8 @@ class DreamWindowAutoQueue(io.ComfyNode):
             text = f"session {session.name}: iteration {state.iteration}, {state.frames_produced()} frames"
         return io.NodeOutput(ui={"text": [text]})
 
+
+RUNTIME.forget_hooks.append(lambda name: DreamWindowCommit._pnginfo.pop(name, None))
 
 NODES = [DreamWindowSession, DreamWindowKeyframeSource, DreamWindowInterpolate, DreamWindowCommit,
          DreamWindowAutoQueue]

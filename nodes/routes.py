@@ -21,6 +21,7 @@ from ..core.session import SessionError, validate_name
 from ..core.supervisor import ControlRefused
 from . import comfy_adapter as comfy
 from .caches import CACHES
+from .monitor import MONITOR
 from .runtime import RUNTIME
 
 log = logging.getLogger("dream_window")
@@ -308,6 +309,11 @@ async def cache(request: web.Request) -> web.Response:
                               "stats": dataclasses.asdict(loop.stats()), "cache_error": loop.cache_error})
 
 
+async def monitor(request: web.Request) -> web.Response:
+    """The GPU monitor's state: on or off, whether it yields and why, its settings, ComfyUI's loaded models."""
+    return web.json_response(MONITOR.state())
+
+
 async def view(request: web.Request) -> web.Response:
     name, error = _session_from_path(request)
     if error:
@@ -380,6 +386,7 @@ def register() -> None:
     """Add the routes to ComfyUI's server (once per process)."""
     routes = comfy.routes()
     routes.get("/dream_window/sessions")(sessions)
+    routes.get("/dream_window/monitor")(monitor)
     routes.get("/dream_window/status/{session}")(status)
     routes.get("/dream_window/frame/{session}")(frame)
     routes.get("/dream_window/stream/{session}")(stream)

@@ -9,10 +9,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import os
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
 import torch
@@ -24,8 +22,10 @@ from ..core.publisher import Publisher
 from ..core.session import Session, SessionRegistry
 from ..core.status import CacheStats, build_status
 from ..core.supervisor import Supervisor
-from ..core.threads import ENV as THREADS_ENV, planned_threads, usable_cores
+from ..core.settings import TORCH_THREADS
+from ..core.threads import planned_threads, usable_cores
 from . import comfy_adapter as comfy
+from . import settings
 
 log = logging.getLogger("dream_window")
 
@@ -53,6 +53,7 @@ class Runtime:
         self.plans: dict[str, dict] = {}
         self.cache_stats: dict[str, CacheStats] = {}
         self.forget_hooks: list[Callable[[str], None]] = []
+        self.commit_hooks: list[Callable[[str], None]] = []
         self.started = time.monotonic()
         self.backend = comfy.ComfyBackend(SESSION_NODE)
         self.threads_checked = False
@@ -60,7 +61,7 @@ class Runtime:
     @property
     def registry(self) -> SessionRegistry:
         if self._registry is None:
-            self._registry = SessionRegistry(Path(comfy.output_directory()) / "dream_window")
+            self._registry = SessionRegistry(settings.sessions_folder())
         return self._registry
 
     def session(self, name: str, create: bool = False) -> Session:
@@ -88,21 +89,17 @@ class Runtime:
 
     def leave_cores_to_the_workers(self) -> None:
         """Once per process, on the executor thread, before the first frame writer starts
-        (see ``core.threads``); a bad setting is logged and changes nothing."""
+        (see ``core.threads``; the Dream Window setting "torch threads")."""
         if self.threads_checked:
             return
         self.threads_checked = True
         current = torch.get_num_threads()
-        try:
-            threads = planned_threads(current, usable_cores(), comfy.torch_device().type != "cpu",
-                                      os.environ.get(THREADS_ENV))
-        except ValueError as exc:
-            log.warning("dream_window: %s; torch keeps its %d CPU threads", exc, current)
-            return
+        threads = planned_threads(current, usable_cores(), comfy.torch_device().type != "cpu",
+                                  settings.value(TORCH_THREADS))
         if threads is not None and threads != current:
             torch.set_num_threads(threads)
             log.info("dream_window: torch CPU threads %d -> %d so the frame writer has a core of its own "
-                     "(%s=keep leaves them)", current, threads, THREADS_ENV)
+                     "(the setting %s or %s=keep leaves them)", current, threads, TORCH_THREADS.id, TORCH_THREADS.env)
 
     def publisher(self, name: str) -> Publisher:
         """The session's playback and status writer (started on first use)."""
@@ -163,7 +160,7 @@ class Runtime:
         """The session's status document (``status.json`` and ``GET /dream_window/status``)."""
         session = self.session(name)
         with session.lock:
-            state, error, stats = session.state, session.error, dict(session.stats)
+            state, error, stats, reason = session.state, session.error, dict(session.stats), session.paused_reason
             iteration, frames = session.iteration, session.frames_produced()
         message = (error or {}).get("message") if state == "paused" else None
         shown = {"idle": "stopped", "paused": "error" if message else "paused"}.get(state, state)
@@ -172,7 +169,7 @@ class Runtime:
                             generation_time=stats.get("mean_keyframe_time", 0.0),
                             keyframe_time=stats.get("keyframe_time"), batch_decode_time=stats.get("batch_decode_time"),
                             keyframes_generated=iteration, interpolations_generated=max(0, frames - iteration),
-                            cache=self.cache_stats.get(name), error_message=message)
+                            cache=self.cache_stats.get(name), error_message=message, paused_reason=reason)
 
     def plan_prompt(self, name: str, positive: str, themes: int, interval: int) -> None:
         """The prompt node's choice for this iteration; the commit consumes its rotation slot."""
@@ -188,6 +185,11 @@ class Runtime:
         rotation.consume(themes, interval, injected=injected)
         stats["prompt"] = positive
         return {"rotation": rotation.to_dict()}
+
+    def committed(self, name: str) -> None:
+        """The session's keyframe was committed (executor thread): the ``commit_hooks`` are told."""
+        for hook in self.commit_hooks:
+            hook(name)
 
     def begin_iteration(self, name: str, prompt: dict, client_id: str | None) -> None:
         """Called by the session node, first in every iteration (executor thread)."""

@@ -53,7 +53,7 @@ def comfy(frontend, comfy, artifacts):
         pytest.fail(f"{NEWEST_FRONTEND} is missing: run `bash harness/setup_frontend.sh` (with DW_FRONTEND_DIR "
                     "set as for the tests). The browser tests run against both frontends and never skip.")
     base = Path(tempfile.mkdtemp(prefix="dw-comfy-newest-"))
-    server = ComfyServer(base, extra_packs=TEST_PACKS, front_end_root=NEWEST_FRONTEND).start()
+    server = ComfyServer(base, extra_packs=TEST_PACKS, args=("--front-end-root", str(NEWEST_FRONTEND))).start()
     yield server
     server.stop()
     shutil.copy(server.log_path, artifacts / "comfy.log")

@@ -226,6 +226,22 @@ def test_panel_works_from_the_keyboard(comfy, graph_ui, session):
     assert not console.problems(), console.problems()
 
 
+def test_settings_dialog_holds_the_pack_settings_and_the_server_reads_what_it_saves(comfy, graph_ui):
+    page, console = graph_ui
+    settings = "window.comfyAPI.app.app.extensionManager.setting"
+    assert page.evaluate(f"{settings}.get('DreamWindow.Monitor.Enabled')") == "auto", "registered, with its default"
+    assert page.evaluate(f"{settings}.get('DreamWindow.ResumeOnStart')") is False
+    page.evaluate(f"{settings}.set('DreamWindow.Monitor.Processes', 'dwbrowsergame, other')")
+    try:
+        config = comfy.wait_for(lambda: (c := comfy.get("/dream_window/monitor")["config"]) and
+                                c["processes"] == ["dwbrowsergame", "other"] and c, timeout=15,
+                                what="the monitor's next check to read the saved setting")
+        assert config["resume_after"] == 30.0
+    finally:
+        page.evaluate(f"{settings}.set('DreamWindow.Monitor.Processes', '')")
+    assert not console.problems(), console.problems()
+
+
 def test_panel_shows_frames_exports_and_stops_the_session(comfy, graph_ui, session, artifacts, tmp_path):
     page, console = graph_ui
     if comfy.session(session)["state"] != "running":

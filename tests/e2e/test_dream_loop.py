@@ -132,7 +132,7 @@ def test_user_cancel_pauses_without_retry(comfy):
 
 
 def test_killed_server_resumes_from_last_committed_keyframe(tmp_path):
-    # A bad thread setting must not stop the loop: it is logged, and torch keeps its threads.
+    # A bad thread setting must not stop the loop: it is logged, and the default (auto) applies.
     server = ComfyServer(tmp_path, extra_packs=TEST_PACKS, env={"DREAM_WINDOW_TORCH_THREADS": "many"}).start()
     try:
         wf = dream_workflow("resume", capture="cap_resume")
@@ -158,9 +158,9 @@ def test_killed_server_resumes_from_last_committed_keyframe(tmp_path):
         cached_after = {e["id"] for e in server.get("/dream_window/cache/resume")["entries"]}
         assert cached_before <= cached_after, "the cache survives the restart"
 
-        # Opt-in: a running session resumes by itself when the server starts again.
+        # Opt-in, in ComfyUI's settings: a running session resumes by itself when the server starts again.
+        assert server.post_json("/settings/DreamWindow.ResumeOnStart", True)[0] == 200
         server.kill()
-        server.env["DREAM_WINDOW_RESUME_ON_START"] = "1"
         server.start()
         again = server.session("resume")["iteration"]
         server.wait_for(lambda: server.session("resume")["iteration"] >= again + 2, timeout=60,

@@ -12,7 +12,8 @@ from harness.comfy_process import PACK_NAME, REPO
 pytestmark = pytest.mark.e2e
 
 NODE_IDS = ["DreamWindowSession", "DreamWindowKeyframeSource", "DreamWindowInterpolate", "DreamWindowCommit",
-            "DreamWindowAutoQueue", "DreamWindowPrompts", "DreamWindowCache", "DreamWindowCudaGraph"]
+            "DreamWindowAutoQueue", "DreamWindowPrompts", "DreamWindowCache", "DreamWindowCudaGraph",
+            "DreamWindowLoadFrames"]
 FRONTEND_ONLY = {"Note", "MarkdownNote"}
 MODEL_COMBOS = {("CheckpointLoaderSimple", "ckpt_name"): "checkpoints", ("CLIPVisionLoader", "clip_name"): "clip_vision"}
 """Model inputs of the bundled workflows, with the models folder their files go in."""

@@ -48,7 +48,9 @@ def test_requirements_never_list_torch():
 
 RUNTIME_ROOTS = ("__init__.py", "core", "nodes")
 COMFYUI_MODULES = {"comfy", "comfy_api", "comfy_execution", "server", "folder_paths", "nodes"}
-COMFYUI_PROVIDED = {"torch", "aiohttp", "av"}
+COMFYUI_PROVIDED = {"torch", "aiohttp", "av", "psutil"}
+OPTIONAL_IMPORTS = {"pynvml": "nvidia-ml-py"}
+"""Imported only where installed (the GPU monitor's VRAM check): an optional dependency."""
 """Never declared: the user's own (CUDA) torch, the web server the routes plug into, ComfyUI's video library."""
 
 
@@ -84,7 +86,12 @@ def test_every_imported_package_is_declared():
     imports = third_party_imports()
     assert "numpy" in imports and "torch" in imports, "the scan finds the pack's imports"
     undeclared = {}
+    optional = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
     for module, files in imports.items():
+        if module in OPTIONAL_IMPORTS:
+            assert any(OPTIONAL_IMPORTS[module] in deps for deps in optional.values()), \
+                f"{module} is optional: declare {OPTIONAL_IMPORTS[module]} in [project.optional-dependencies]"
+            continue
         assert module in dists, f"{module} (imported in {sorted(files)}) is not installed in the test venv"
         dist = normalized(dists[module][0])
         if dist in COMFYUI_PROVIDED:

@@ -203,7 +203,7 @@ NODE_ROWS = [
     NodeRow("cache-clip-vision-missing", with_cache(strategy="clip_vision"),
             ("DreamWindowCache", "needs a CLIP_VISION input", "wire a Load CLIP Vision node"), runtime=True),
     NodeRow("cache-open-clip-weights-missing", with_cache(strategy="open_clip", open_clip_weights="nowhere.pt"),
-            ("DreamWindowCache", "'nowhere.pt' is not in", "put it there"), runtime=True),
+            ("DreamWindowCache", "Value not in list", "open_clip_weights: 'nowhere.pt' not in")),
     NodeRow("cache-open-clip-weights-empty", with_cache(strategy="open_clip", open_clip_weights=""),
             ("DreamWindowCache", "needs open_clip_weights", "models/clip_vision"), runtime=True),
     # DreamWindowPrompts

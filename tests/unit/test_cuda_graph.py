@@ -7,11 +7,12 @@ import gc
 import logging
 import uuid
 import weakref
+from types import SimpleNamespace
 
 import pytest
 import torch
 
-from core.cuda_graph import GraphCache, UnetGraphWrapper
+from core.cuda_graph import GraphCache, UnetGraphWrapper, is_dynamic_vram
 
 
 class FakeGraph:
@@ -79,6 +80,29 @@ def test_replays_copy_each_calls_inputs_and_equal_eager():
     for (x, t, c), got in zip(calls, results):
         assert torch.equal(got, forward(x, t, **c))
     assert (cache.stats.captures, cache.stats.replays, cache.stats.fallbacks) == (1, 3, 0)
+
+
+@pytest.mark.parametrize("patcher, dynamic", [
+    (SimpleNamespace(), False),                             # ComfyUI 0.3.75: no is_dynamic at all
+    (SimpleNamespace(is_dynamic=lambda: False), False),     # newer ComfyUI's ModelPatcher
+    (SimpleNamespace(is_dynamic=lambda: True), True),       # its ModelPatcherDynamic
+    (SimpleNamespace(is_dynamic=True), False),              # not the method: not the upstream patcher
+])
+def test_is_dynamic_vram_reads_the_patchers_own_answer(patcher, dynamic):
+    assert is_dynamic_vram(patcher) is dynamic
+
+
+def test_a_dynamic_vram_model_is_logged_once_and_runs_eagerly(caplog):
+    wrapper, patcher = wrapper_for(), FakePatcher(FakeModel())
+    patcher.is_dynamic = lambda: True
+    with caplog.at_level(logging.INFO, logger="dream_window"):
+        sampling_run(wrapper, patcher)
+        sampling_run(wrapper, patcher)
+    assert wrapper.cache.stats.captures == wrapper.cache.stats.replays == 0
+    lines = [r.getMessage() for r in caplog.records if "running eagerly" in r.getMessage()]
+    assert lines == ["test graphs: running eagerly: the model is loaded with dynamic VRAM (ComfyUI's "
+                     "ModelPatcherDynamic): its weights are paged in and out while it runs; start ComfyUI with "
+                     "--disable-dynamic-vram to use CUDA graphs"]
 
 
 @pytest.mark.parametrize("change", [dict(batch=1), dict(h=8), dict(tokens=154), dict(dtype=torch.float16)],
@@ -259,11 +283,12 @@ def test_wrapper_serves_empty_patch_options():
 
 
 @pytest.mark.parametrize("setup, reason", [
+    (lambda p: setattr(p, "is_dynamic", lambda: True), "dynamic VRAM (ComfyUI's ModelPatcherDynamic)"),
     (lambda p: setattr(p.model, "model_lowvram", True), "partially offloaded"),
     (lambda p: p.model.register_buffer("log_sigmas", torch.zeros(3, device="meta")), "on cpu, meta"),
     (lambda p: p.hook_patches.update({"hook": {}}), "weight hooks"),
     (lambda p: setattr(p, "current_hooks", object()), "hooks are applied"),
-], ids=["lowvram", "split-devices", "weight-hooks", "applied-hooks"])
+], ids=["dynamic-vram", "lowvram", "split-devices", "weight-hooks", "applied-hooks"])
 def test_wrapper_refuses_runs_whose_weights_move_and_releases_graphs(setup, reason):
     backend = FakeBackend()
     wrapper, patcher = wrapper_for(backend), FakePatcher(FakeModel())

@@ -1,17 +1,19 @@
 """core.frames: the PNG encoder and the background frame writer (no ComfyUI)."""
 
 import io
+import json
 import os
+import re
 import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, PngImagePlugin
 
-from core.frames import (FrameWriter, encode_png, frame_name, frames_on_disk, oldest_kept, shown_frame, to_uint8,
-                         unplayed_run)
+from core.frames import (FrameWriter, encode_png, frame_name, frames_on_disk, oldest_kept, png_text,
+                         select_frames, shown_frame, to_uint8, unplayed_run)
 
 
 @pytest.mark.parametrize("shape", [(256, 512, 3), (1, 1, 3), (7, 13, 4), (9, 5, 1)])
@@ -34,6 +36,82 @@ def test_encode_png_is_a_valid_png_with_checked_chunks():
         pos += 12 + length
     assert kinds == [b"IHDR", b"IDAT", b"IEND"]
     Image.open(io.BytesIO(data)).verify()
+
+
+def chunks(data: bytes, kind: bytes) -> list[bytes]:
+    """Every chunk of ``kind`` in a PNG, whole (length, type, body, CRC)."""
+    pos, found = 8, []
+    while pos < len(data):
+        length = int.from_bytes(data[pos:pos + 4], "big")
+        if data[pos + 4:pos + 8] == kind:
+            found.append(data[pos:pos + 12 + length])
+        pos += 12 + length
+    return found
+
+
+PROMPT = {"4": {"class_type": "DreamWindowSession", "inputs": {"name": "dream", "fps": 3.5}}}
+EXTRA = {"workflow": {"nodes": [{"id": 4, "title": "Träume ☾"}], "links": []}}
+
+
+def test_png_text_is_what_save_image_writes_with_pillow():
+    """ComfyUI's SaveImage: ``PngInfo.add_text("prompt", json.dumps(prompt))`` and the same for each
+    key of extra_pnginfo; Pillow writes those as tEXt chunks, byte for byte what png_text builds."""
+    frame = np.full((3, 5, 3), 90, np.uint8)
+    info = PngImagePlugin.PngInfo()
+    info.add_text("prompt", json.dumps(PROMPT))
+    for key, value in EXTRA.items():
+        info.add_text(key, json.dumps(value))
+    pillow = io.BytesIO()
+    Image.fromarray(frame).save(pillow, format="PNG", pnginfo=info, compress_level=1)
+    ours = encode_png(frame, text=png_text(PROMPT, EXTRA))
+    assert chunks(ours, b"tEXt") == chunks(pillow.getvalue(), b"tEXt")
+    with Image.open(io.BytesIO(ours)) as image:
+        assert image.text == {"prompt": json.dumps(PROMPT), "workflow": json.dumps(EXTRA["workflow"])}
+        assert np.array_equal(np.asarray(image), frame)
+
+
+def test_png_text_without_a_prompt_or_workflow_is_empty():
+    assert png_text(None, None) == b""
+    assert Image.open(io.BytesIO(encode_png(np.zeros((2, 2, 3), np.uint8), text=png_text(None, None)))).text == {}
+
+
+def test_the_writer_puts_the_text_into_every_frame(tmp_path):
+    writer = FrameWriter(tmp_path, retention=10)
+    writer.submit(1, np.zeros((2, 4, 4, 3), np.uint8), png_text(PROMPT, EXTRA))
+    assert writer.flush(10)
+    for index in (1, 2):
+        with Image.open(tmp_path / frame_name(index)) as image:
+            assert json.loads(image.text["prompt"]) == PROMPT
+            assert json.loads(image.text["workflow"]) == EXTRA["workflow"]
+
+
+@pytest.mark.parametrize("first, last, stride, expected", [
+    (0, -1, 1, [3, 4, 5, 6, 7, 9]),
+    (4, 7, 1, [4, 5, 6, 7]),
+    (3, -1, 3, [3, 6, 9]),
+    (4, 9, 2, [4, 6]),  # 8 is not on disk
+    (9, 9, 1, [9]),
+])
+def test_select_frames_takes_the_range_on_disk_every_stride(first, last, stride, expected):
+    frames = {index: Path(frame_name(index)) for index in (3, 4, 5, 6, 7, 9)}
+    assert select_frames(frames, first, last, stride) == expected
+
+
+@pytest.mark.parametrize("first, last, stride, message", [
+    (10, -1, 1, "no frame from 10 to 9 (stride 1) is on disk; the session holds frames 3 to 9"),
+    (1, 2, 1, "no frame from 1 to 2"),
+    (8, 8, 1, "no frame from 8 to 8"),
+    (0, -1, 0, "stride must be at least 1"),
+])
+def test_select_frames_says_what_is_on_disk_when_the_range_is_empty(first, last, stride, message):
+    frames = {index: Path(frame_name(index)) for index in (3, 4, 5, 6, 7, 9)}
+    with pytest.raises(ValueError, match=re.escape(message)):
+        select_frames(frames, first, last, stride)
+
+
+def test_select_frames_of_a_session_without_frames():
+    with pytest.raises(ValueError, match="no frames on disk"):
+        select_frames({}, 0, -1, 1)
 
 
 def test_encode_png_accepts_a_non_contiguous_view():

@@ -271,3 +271,23 @@ def test_a_finished_session_refuses_start_and_a_stopped_one_stays_stopped_on_pau
         assert session.state == "running" and len(backend.queued) == 1
         assert sup.set_state("paused") is True and session.state == "paused"
     run(main())
+
+
+def test_the_monitors_pause_reason_is_kept_with_the_state_and_cleared_by_any_other_change(tmp_path):
+    async def main():
+        session, backend, sup = make(tmp_path)
+        sup.attach("u1", PROMPT, None, {"enabled": True})
+        assert sup.set_state("paused", "yielding to game.exe")
+        assert session.summary()["paused_reason"] == "yielding to game.exe"
+        assert '"paused_reason": "yielding to game.exe"' in (tmp_path / "s" / "state.json").read_text()
+        reloaded = SessionRegistry(tmp_path).get("s")  # a new server: no monitor of it paused the session
+        assert (reloaded.state, reloaded.paused_reason) == ("paused", None)
+        await sup.start()
+        assert (session.state, session.paused_reason) == ("running", None)
+        sup.set_state("paused", "yielding to game.exe")
+        sup.set_state("paused")  # the user pauses it too: now it is the user's pause
+        assert session.paused_reason is None
+        sup.set_state("paused", "yielding to game.exe")
+        sup.set_state("stopped")
+        assert session.summary()["paused_reason"] is None
+    run(main())

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from core.threads import ENV, planned_threads, usable_cores
+from core.threads import planned_threads, usable_cores
 
 
 @pytest.mark.parametrize("current, cores, accelerated, setting, expected", [
@@ -27,8 +27,8 @@ def test_planned_threads(current, cores, accelerated, setting, expected):
 
 
 @pytest.mark.parametrize("setting", ["0", "-3", "many", "1.5"])
-def test_a_bad_setting_names_the_variable_and_the_choices(setting):
-    with pytest.raises(ValueError, match=f"{ENV}=.*auto, keep or a whole number"):
+def test_a_bad_setting_names_the_choices(setting):
+    with pytest.raises(ValueError, match="auto, keep or a whole number"):
         planned_threads(16, 16, True, setting)
 
 

@@ -1,10 +1,13 @@
 // Dream Window: graph-UI side. Uses only the frontend's public extension API (app.registerExtension,
 // api.addEventListener, app.extensionManager); nothing is drawn on the LiteGraph canvas.
 //
-// * A toast when a session pauses on an error.
+// * A toast when a session pauses on an error, and when the GPU monitor yields the GPU or resumes.
+// * The pack's settings in ComfyUI's settings dialog (category "Dream Window"); the server reads them
+//   from ComfyUI's stored settings, with environment variables as overrides for headless servers.
 // * A "Dream Window" sidebar tab: the sessions with their state, frames and disk use; the selected
 //   session's live crossfading window (the viewer page's player, imported from the pack's route),
-//   its status, start/pause/stop/reset/delete, and export as animated WebP or MP4.
+//   its status, start/pause/stop/reset/delete, and export as animated WebP or MP4; "d" toggles it and
+//   it works from the keyboard (focus, Space/Enter, Escape closes it).
 import { app } from "../../../scripts/app.js";
 import { api } from "../../../scripts/api.js";
 
@@ -176,7 +179,8 @@ class DreamWindowPanel {
       onclick: () => this.select(s.session),
     }, h("td", { class: "dw-name", title: s.session },
          h("button", { type: "button", class: "dw-select", "aria-pressed": String(s.session === selected) }, s.session)),
-       h("td", { dataset: { field: "state" }, class: `dw-state-${s.state}` }, s.state),
+       h("td", { dataset: { field: "state" }, class: `dw-state-${s.state}`, title: s.paused_reason ?? "" },
+         s.paused_reason ? `${s.state} (${s.paused_reason})` : s.state),
        h("td", { class: "dw-num", dataset: { field: "frames" } }, String(s.frames ?? "–")),
        h("td", { class: "dw-num", dataset: { field: "disk" } }, formatBytes(s.disk_bytes)))));
     if (!this.sessions.length) {
@@ -280,13 +284,62 @@ api.addEventListener("dream_window.session", ({ detail }) => {
           `${detail.last_error.node_type ?? ""} ${detail.last_error.message ?? ""}`.trim());
   }
 });
+api.addEventListener("dream_window.monitor", ({ detail }) => {
+  if (detail?.yielding) {
+    toast("warn", "Dream Window yields the GPU", `${detail.reason}: paused ${detail.paused_sessions.join(", ")}`);
+  } else if (detail) {
+    toast("info", "Dream Window resumes", "the GPU is free again");
+  }
+});
 // The frontend logs a warning for every websocket event nobody listens to, and these come every
 // second and every frame. The panel listens to status events while it is open; frame events are
 // for other clients (the panel plays the frame stream).
 for (const type of ["dream_window.status", "dream_window.frame"]) api.addEventListener(type, () => {});
 
+// Stored by ComfyUI in the user's comfy.settings.json; the server reads them there (the environment
+// variable named in each tooltip overrides the setting on a headless server). A frontend without
+// extension settings ignores the list: the environment variables and defaults apply.
+const setting = (id, section, type, defaultValue, name, tooltip, attrs) => ({
+  id: `DreamWindow.${id}`, category: ["Dream Window", section, id.split(".").pop()], type, defaultValue, name,
+  tooltip, ...(type === "combo" ? { options: attrs } : attrs ? { attrs } : {}),
+});
+const NEXT_START = "Takes effect at the next server start";
+const SETTINGS = [
+  setting("ResumeOnStart", "Sessions", "boolean", false, "Resume running sessions when the server starts",
+          "A session that was running when ComfyUI stopped starts again. "
+          + `${NEXT_START}; env DREAM_WINDOW_RESUME_ON_START overrides.`),
+  setting("SessionsFolder", "Sessions", "text", "", "Sessions folder (frames and state)",
+          "Empty: output/dream_window; a relative path is inside ComfyUI's output folder. "
+          + `${NEXT_START}; env DREAM_WINDOW_SESSIONS_FOLDER overrides.`),
+  setting("TorchThreads", "Performance", "text", "auto", "Torch CPU threads (auto, keep or a number)",
+          "auto frees one core for the frame writer next to a GPU; keep leaves torch alone. "
+          + `${NEXT_START}; env DREAM_WINDOW_TORCH_THREADS overrides.`),
+  setting("Monitor.Enabled", "GPU monitor", "combo", "auto", "Yield the GPU to other programs",
+          "Pause the running sessions while a listed program runs or VRAM runs short. auto: on where a display "
+          + "is attached, off on a headless server. Env DREAM_WINDOW_MONITOR overrides.", ["auto", "on", "off"]),
+  setting("Monitor.Processes", "GPU monitor", "text", "", "Programs to yield to (comma-separated)",
+          "Part of a process name, any case, e.g. eldenring.exe, cyberpunk2077. "
+          + "Env DREAM_WINDOW_MONITOR_PROCESSES overrides."),
+  setting("Monitor.MinFreeVramGB", "GPU monitor", "number", 0, "Yield when free VRAM is below (GB, 0 = off)",
+          "The dream's own VRAM counts as free. Needs nvidia-ml-py and an NVIDIA GPU. "
+          + "Env DREAM_WINDOW_MONITOR_MIN_FREE_VRAM_GB overrides.", { min: 0, max: 1024, step: 0.5 }),
+  setting("Monitor.MaxOtherVramGB", "GPU monitor", "number", 0,
+          "Yield when another process uses more VRAM than (GB, 0 = off)",
+          "Needs nvidia-ml-py and an NVIDIA GPU. Env DREAM_WINDOW_MONITOR_MAX_OTHER_VRAM_GB overrides.",
+          { min: 0, max: 1024, step: 0.5 }),
+  setting("Monitor.CheckInterval", "GPU monitor", "number", 5, "Check every (seconds)",
+          "Env DREAM_WINDOW_MONITOR_INTERVAL overrides.", { min: 0.2, max: 3600, step: 1 }),
+  setting("Monitor.ResumeAfter", "GPU monitor", "number", 30, "Resume after the GPU is free for (seconds)",
+          "Long enough that a game's loading screen does not flap it. "
+          + "Env DREAM_WINDOW_MONITOR_RESUME_AFTER overrides.", { min: 0, max: 86400, step: 5 }),
+  setting("Monitor.KeepModels", "GPU monitor", "boolean", false, "Keep the models loaded while yielding",
+          "Off: ComfyUI unloads its models and frees memory when the dream yields; the first keyframe after "
+          + "resuming reloads them. Env DREAM_WINDOW_MONITOR_KEEP_MODELS overrides."),
+];
+
 app.registerExtension({
   name: "dream_window.core",
+  settings: SETTINGS,
   // "d" opens and closes the panel (the frontend's own command for the tab; shown in its keybinding settings).
   keybindings: [{ combo: { key: "d" }, commandId: TOGGLE_COMMAND }],
   setup() {

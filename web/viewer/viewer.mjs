@@ -242,7 +242,7 @@ export function statusFields(status, frame) {
   const fields = [
     ["frame", `frame ${frame ?? "–"}`],
     ["fps", `${fps}/${status.target_fps} fps`],
-    ["state", status.state],
+    ["state", status.paused_reason ? `${status.state}: ${status.paused_reason}` : status.state],
     ["buffer", `buffer ${status.buffer_seconds ?? 0} s`],
     ["cache", `cache ${status.cache_size}`],
     ["prompt", status.current_prompt],
