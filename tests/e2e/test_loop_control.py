@@ -98,9 +98,10 @@ def test_self_requeue_runs_over_tls_and_files_follow_the_umask(own_server):
 
     folder = own_server.base / "output" / "dream_window" / "secure"
     own_server.wait_for(lambda: (folder / "current_frame.png").exists(), timeout=30, what="playback to start")
-    files = [folder / "current_frame.png", folder / "status.json", folder / "state.json",
-             *sorted((folder / "frames").glob("frame_*.png"))]
-    assert len(files) == 3 + 45
+    # The frame writer works off the executor thread: the last pair may still be reaching the disk.
+    frames = own_server.wait_for(lambda: len(f := sorted((folder / "frames").glob("frame_*.png"))) == 45 and f,
+                                 timeout=30, what="all 45 frames on disk")
+    files = [folder / "current_frame.png", folder / "status.json", folder / "state.json", *frames]
     modes = {path.name: oct(stat.S_IMODE(path.stat().st_mode)) for path in files}
     assert set(modes.values()) == {oct(0o666 & ~UMASK)}, modes
 
