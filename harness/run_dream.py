@@ -38,6 +38,29 @@ def find_checkpoint(models: Path) -> str | None:
     return found[0] if found else None
 
 
+def choose_checkpoint(checkpoint: str | None, wf: dict) -> Path:
+    """Sets the checkpoint of ``wf`` (the API dream workflow) and returns the models folder to serve.
+
+    ``checkpoint`` (--checkpoint / DW_CHECKPOINT), else the first one in $COMFYUI_DIR/models/checkpoints,
+    else the synthetic demo model, at 128x64.
+    """
+    user_models = COMFYUI_DIR / "models" if "COMFYUI_DIR" in os.environ else None
+    checkpoint = checkpoint or (find_checkpoint(user_models) if user_models else None)
+    if checkpoint:
+        models = user_models or ensure_models(("taesd", "sd15"))
+        print(f"Using checkpoint {checkpoint!r} from {models / 'checkpoints'}")
+    else:
+        models = ensure_models(("taesd", "sd15"))
+        checkpoint = TINY_SD15
+        # The synthetic UNet has no downsampling: keep its frames small so a CPU keeps up.
+        wf["5"]["inputs"].update(width=128, height=64)
+        print("No checkpoint found (set COMFYUI_DIR to your ComfyUI, or --checkpoint): using a synthetic\n"
+              "random-weight demo model. Its frames are abstract patterns, not pictures; put an SD1.5-family\n"
+              "checkpoint in models/checkpoints for real dreams.")
+    wf["1"]["inputs"]["ckpt_name"] = checkpoint
+    return models
+
+
 def cuda_available(python: str) -> bool:
     probe = subprocess.run([python, "-c", "import torch; print(torch.cuda.is_available())"],
                            capture_output=True, text=True)
@@ -58,21 +81,8 @@ def main() -> int:
         parser.error("--iterations must be >= 0")
 
     python = os.environ.get("COMFYUI_PYTHON", sys.executable)
-    user_models = COMFYUI_DIR / "models" if "COMFYUI_DIR" in os.environ else None
-    checkpoint = args.checkpoint or (find_checkpoint(user_models) if user_models else None)
     wf = load_api_workflow()
-    if checkpoint:
-        models = user_models or ensure_models(("taesd", "sd15"))
-        print(f"Using checkpoint {checkpoint!r} from {models / 'checkpoints'}")
-    else:
-        models = ensure_models(("taesd", "sd15"))
-        checkpoint = TINY_SD15
-        # The synthetic UNet has no downsampling: keep its frames small so a CPU keeps up.
-        wf["5"]["inputs"].update(width=128, height=64)
-        print("No checkpoint found (set COMFYUI_DIR to your ComfyUI, or --checkpoint): using a synthetic\n"
-              "random-weight demo model. Its frames are abstract patterns, not pictures; put an SD1.5-family\n"
-              "checkpoint in models/checkpoints for real dreams.")
-    wf["1"]["inputs"]["ckpt_name"] = checkpoint
+    models = choose_checkpoint(args.checkpoint, wf)
     wf["4"]["inputs"]["name"] = args.session
 
     base = args.base

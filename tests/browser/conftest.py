@@ -10,12 +10,9 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import sync_playwright
 
+from harness.chromium import CHROMIUM, CHROMIUM_ARGS
 from harness.comfy_process import NEWEST_FRONTEND, ComfyServer
 from loop_helpers import TEST_PACKS
-
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
 PACK_MARKERS = ("dream_window", "dream-window", "viewer.mjs")
 """Text that ties a console message to the pack: its JS URL, its routes, its events."""
 VIEWPORT = {"width": 1280, "height": 800}
