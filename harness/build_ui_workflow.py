@@ -120,7 +120,7 @@ def build(object_info: dict, api: dict) -> dict:
         source = next(n for n in nodes if n["id"] == link[1])
         link[5] = source["outputs"][link[2]]["type"]
     note_id = max(n["id"] for n in nodes) + 1
-    nodes.append({"id": note_id, "type": "Note", "pos": [40, 760], "size": [760, 300], "flags": {},
+    nodes.append({"id": note_id, "type": "Note", "pos": [40, 1240], "size": [760, 300], "flags": {},
                   "order": len(nodes), "mode": 0, "inputs": [], "outputs": [], "title": "How to start and stop",
                   "properties": {}, "widgets_values": [NOTE], "color": "#432", "bgcolor": "#653"})
     return {"id": str(uuid.uuid5(uuid.NAMESPACE_URL, "dream-window/" + json.dumps(api, sort_keys=True))),
