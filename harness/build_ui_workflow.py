@@ -35,8 +35,8 @@ Changing width/height of a running session needs a reset (POST /dream_window/res
 Load any SD1.5-family checkpoint in Load Checkpoint."""
 
 COLUMNS = {"1": (40, 120), "2": (420, 60), "3": (860, 560), "4": (40, 420), "5": (420, 600), "6": (860, 120),
-           "7": (1240, 120), "8": (1240, 420), "9": (1600, 120), "10": (1600, 520), "11": (420, 980),
-           "12": (420, 860)}
+           "7": (1240, 120), "8": (1240, 420), "9": (1600, 120), "10": (1600, 520), "11": (40, 860),
+           "12": (40, 700)}
 MODEL_DOWNLOADS = {
     "v1-5-pruned-emaonly.safetensors": (
         "checkpoints",
@@ -120,7 +120,7 @@ def build(object_info: dict, api: dict) -> dict:
         source = next(n for n in nodes if n["id"] == link[1])
         link[5] = source["outputs"][link[2]]["type"]
     note_id = max(n["id"] for n in nodes) + 1
-    nodes.append({"id": note_id, "type": "Note", "pos": [40, 1240], "size": [760, 300], "flags": {},
+    nodes.append({"id": note_id, "type": "Note", "pos": [40, 1100], "size": [760, 300], "flags": {},
                   "order": len(nodes), "mode": 0, "inputs": [], "outputs": [], "title": "How to start and stop",
                   "properties": {}, "widgets_values": [NOTE], "color": "#432", "bgcolor": "#653"})
     return {"id": str(uuid.uuid5(uuid.NAMESPACE_URL, "dream-window/" + json.dumps(api, sort_keys=True))),
