@@ -643,12 +643,20 @@ class CacheStore:
         """Group mutations: the index is written once, when the outermost batch ends."""
         with self._lock:
             self._defer_depth += 1
+            failed = False
             try:
                 yield self
+            except BaseException:
+                failed = True
+                raise
             finally:
                 self._defer_depth -= 1
                 if self._defer_depth == 0 and self._index_dirty:
-                    self._write_index()
+                    try:
+                        self._write_index()
+                    except CacheWriteError:
+                        if not failed:  # else the batch's own error says what happened; the index stays dirty
+                            raise
 
     def _index_changed(self) -> None:
         self._index_dirty = True

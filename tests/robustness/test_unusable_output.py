@@ -76,7 +76,8 @@ def test_a_file_where_the_cache_folder_should_be_leaves_the_loop_running_without
         summary = comfy.session(name)
         assert summary["state"] == "running" and summary["last_error"] is None
         info = comfy.get(f"/dream_window/cache/{name}")
-        for words in ("cannot write to cache folder", str(cache), "remove a file or link where the folder should be"):
+        # The file may land between an entry's write and the index's: either write is the one refused.
+        for words in ("cannot write", str(cache), "remove a file or link where the folder should be"):
             assert words in info["cache_error"], info["cache_error"]
         log = comfy.log_path.read_bytes()[log_start:].decode(errors="replace")
         assert f"dream_window[{name}]: node 9 DreamWindowCommit: keyframe" in log, log[-3000:]

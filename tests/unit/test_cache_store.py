@@ -121,6 +121,22 @@ def test_writes_are_atomic_and_fsynced(tmp_path, pool, monkeypatch):
     assert leftovers == []
 
 
+def test_a_failed_write_in_a_batch_is_the_error_reported(tmp_path, pool, monkeypatch):
+    """When an entry's write fails inside a batch whose index was already changed, the index write at
+    the batch's end fails too: the error raised is still the entry's, the one that says what happened."""
+    store = cs.CacheStore(tmp_path, pool, capacity=1)
+    store.add(unit(1, 2))
+
+    def failing_replace(src, dst):
+        raise OSError("disk full")
+
+    with pytest.raises(cs.CacheWriteError, match="cannot write to cache folder"):
+        with store.batch():
+            store.add(unit(2, 1))  # evicts the first entry: the index is dirty
+            monkeypatch.setattr(os, "replace", failing_replace)
+            store.add(unit(3, 1))
+
+
 def test_fifo_evicts_oldest_insertion_first(tmp_path, pool):
     store = cs.CacheStore(tmp_path, pool, capacity=3)
     added = [store.add(unit(1, i + 1, 0)).entry.cache_id for i in range(3)]
