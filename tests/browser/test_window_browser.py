@@ -6,6 +6,7 @@ import hashlib
 import itertools
 import json
 import re
+import zipfile
 from collections import Counter
 
 import pytest
@@ -255,6 +256,7 @@ def test_panel_shows_frames_exports_and_stops_the_session(comfy, graph_ui, sessi
     page.screenshot(path=str(artifacts / "browser-panel.png"))
 
     # Export the five frames just shown as an animated WebP, through the panel's download.
+    page.wait_for_function("Number(document.querySelector('.dw-panel .dw-window').dataset.frame) >= 5")
     last = int(page.get_attribute(".dw-panel .dw-window", "data-frame"))
     page.fill(".dw-panel input[aria-label='First frame']", str(last - 4))
     page.fill(".dw-panel input[aria-label='Last frame']", str(last))
@@ -267,6 +269,17 @@ def test_panel_shows_frames_exports_and_stops_the_session(comfy, graph_ui, sessi
     with Image.open(saved) as webp:
         assert webp.is_animated and webp.n_frames == 5
     page.get_by_text(f"{saved.name}: 5 frames", exact=True).wait_for(timeout=10000)  # the frontend's toast
+    # The same frames with the session's state, as a zip.
+    page.select_option(".dw-panel select", "zip")
+    with page.expect_download() as download:
+        page.click(".dw-panel button[data-action=export]")
+    saved = tmp_path / download.value.suggested_filename
+    download.value.save_as(saved)
+    with zipfile.ZipFile(saved) as archive:
+        names = archive.namelist()
+    assert saved.name == f"{session}.zip" and "state.json" in names, names
+    assert [n for n in names if n.startswith("frames/")] == [
+        f"frames/frame_{i:08d}.png" for i in range(last - 4, last + 1)], names
 
     page.click(".dw-panel button[data-action=stop]")
     comfy.wait_for(lambda: comfy.session(session)["state"] == "stopped", timeout=10, what="stop from the panel")

@@ -6,7 +6,7 @@
 //   from ComfyUI's stored settings, with environment variables as overrides for headless servers.
 // * A "Dream Window" sidebar tab: the sessions with their state, frames and disk use; the selected
 //   session's live crossfading window (the viewer page's player, imported from the pack's route),
-//   its status, start/pause/stop/reset/delete, and export as animated WebP or MP4; "d" toggles it and
+//   its status, start/pause/stop/reset/delete, and export as animated WebP, MP4 or a zip of the session; "d" toggles it and
 //   it works from the keyboard (focus, Space/Enter, Escape closes it).
 import { app } from "../../../scripts/app.js";
 import { api } from "../../../scripts/api.js";
@@ -124,7 +124,7 @@ class DreamWindowPanel {
                                                           onclick: () => this.control(action) },
                                                action[0].toUpperCase() + action.slice(1)));
     this.format = h("select", { "aria-label": "Export format" }, h("option", { value: "webp" }, "WebP"),
-                    h("option", { value: "mp4" }, "MP4"));
+                    h("option", { value: "mp4" }, "MP4"), h("option", { value: "zip" }, "Zip (frames + state)"));
     this.first = h("input", { type: "number", min: "1", placeholder: "first", "aria-label": "First frame",
                               title: "First frame to export (empty: the oldest on disk)" });
     this.last = h("input", { type: "number", min: "1", placeholder: "last", "aria-label": "Last frame",
