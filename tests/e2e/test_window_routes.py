@@ -130,9 +130,12 @@ def export(comfy, session: str, **body) -> tuple[int, bytes, dict]:
 
 @pytest.fixture(scope="module")
 def export_range(comfy, session) -> tuple[int, int]:
-    """Ten frames just played, so still on disk."""
-    last = int(comfy.request("GET", f"/dream_window/frame/{session}")[2]["X-Dream-Window-Frame"])
-    first = max(1, last - 9)
+    """Ten frames just played, so still on disk (run alone, the module's loop may have shown fewer yet)."""
+    def shown() -> int:
+        return int(comfy.request("GET", f"/dream_window/frame/{session}")[2]["X-Dream-Window-Frame"])
+
+    last = comfy.wait_for(lambda: (index := shown()) >= 10 and index, timeout=120, what="ten frames played")
+    first = last - 9
     assert all(frame_file(comfy, session, i).exists() for i in range(first, last + 1))
     return first, last
 
