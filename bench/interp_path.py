@@ -6,7 +6,7 @@ original's per-frame path, same VAE, same device, in one process.
   batch (what the workflow's VAE Decode node does), ``core.frames.to_uint8``. The PNG encode
   of each frame runs in the loop's frame writer thread, off the executor: it is shown apart
   and a second ratio includes it;
-* **original** (``original_spec.md`` §4.2, per interpolated frame, rebuilt in ``original.py``):
+* **original** (``docs/design.md`` §1.1, per interpolated frame, rebuilt in ``original.py``):
   slerp parameters once per pair then one slerp call per frame on the device, one VAE decode
   per frame with post-processing to uint8 on the device and a host copy, a PNG encode
   (``compress_level=1``) and a PNG decode (the display's), in memory.

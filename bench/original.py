@@ -1,13 +1,13 @@
-"""The original controller's client-side steps, rebuilt from ``original_spec.md`` for the
+"""The original controller's client-side steps (``docs/design.md`` §1.1), rebuilt for the
 side-by-side benchmarks (not used by the pack).
 
-* ``SlerpPair`` / ``slerp_frame``: §2.4, the slerp parameters precomputed once per keyframe
+* ``SlerpPair`` / ``slerp_frame``: the slerp parameters precomputed once per keyframe
   pair, then one call per interpolated frame at ``t_i = i / (N + 1)``;
-* ``decode_frame``: §2.3 ``decode``, one VAE call per frame: divide by 0.18215, decode,
+* ``decode_frame``: one VAE call per frame: divide by 0.18215, decode,
   post-process on the device to uint8 (truncating), copy to the host, make a PIL image;
-* ``encode_keyframe``: §2.3 ``encode``: PNG decode, preprocess, VAE encode, times 0.18215;
-* ``png_encode`` / ``png_decode``: §2.5 phase 3 (``compress_level=1``) and the display's
-  re-decode (§4.2), in memory: the original also wrote each file to disk, which is left out.
+* ``encode_keyframe``: PNG decode, preprocess, VAE encode, times 0.18215;
+* ``png_encode`` / ``png_decode``: the frame's save (``compress_level=1``) and the display's
+  re-decode, in memory: the original also wrote each file to disk, which is left out.
 
 The VAE is ComfyUI's (``comfy.sd.VAE``); its ``first_stage_model`` is called directly like the
 original's own diffusers copy, so ComfyUI's per-call bookkeeping is not charged to it.
@@ -30,7 +30,7 @@ SCALE = 0.18215
 
 @dataclass(frozen=True)
 class SlerpPair:
-    """The per-pair precomputation of the original's slerp (§2.4)."""
+    """The per-pair precomputation of the original's slerp (``docs/design.md`` §4)."""
 
     unit_a: torch.Tensor
     unit_b: torch.Tensor

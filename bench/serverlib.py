@@ -180,7 +180,7 @@ def bare_workflow(dream: dict, frames: int, seed: int) -> dict:
 
 
 def controller_workflow(dream: dict, image: str, seed: int) -> dict:
-    """The original controller's img2img graph (``original_spec.md`` §2.2, with core KSampler
+    """The original controller's img2img graph (``docs/design.md`` §1.1, with core KSampler
     for the third-party FSamplerAdvanced): LoadImage -> VAEEncode -> ``sampling_nodes`` ->
     VAEDecode -> SaveImage (prefix ``dream``)."""
     ckpt = node_id(dream, "CheckpointLoaderSimple")

@@ -2,7 +2,7 @@
 a faithful re-creation of the original external controller, against the same ComfyUI server
 and model, at the same size and sampler settings.
 
-**Original controller** (``original_spec.md`` §2.2, §2.5, §4.2; ``requests`` and
+**Original controller** (``docs/design.md`` §1.1; ``requests`` and
 ``websocket-client`` like the original), two threads as in its async pipeline:
 
 * keyframe loop, per keyframe: the source PNG (the seed: PNG encode with ``optimize=True``;

@@ -1,6 +1,6 @@
 """Cache admission: which keyframes and interpolation midpoints enter the cache.
 
-The original's rule (``original_spec.md`` §2.8) compares a new frame with *every*
+The original's rule (``docs/design.md`` §10) compares a new frame with *every*
 cached entry and admits it when the **mean** similarity is below a per-metric
 threshold (colour < 1.92, struct < 0.80), combining the metrics with ``"all"``
 (AND, the original's config) or ``"any"`` (OR). An empty cache always admits.

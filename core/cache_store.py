@@ -8,7 +8,7 @@ On-disk layout of one cache directory (a cache *name* maps to one directory)::
 
 The folder names and the index keys ``cache_id``, ``prompt``, ``generation_params``,
 ``timestamp``, ``image_path``, ``version``, ``last_updated`` and ``entry_count``
-follow the original (``original_spec.md`` §2.8). Differences: embeddings and latents
+follow the original (``docs/design.md`` §9). Differences: embeddings and latents
 live in safetensors instead of JSON lists, ids are unique (``<seq>-<uuid>``, the
 sequence number persisted in the index; the original's ids collided), every file is
 written atomically by :mod:`core.atomic` (temp file in the same folder, flush,

@@ -1,4 +1,4 @@
-"""Mode-collapse detector (``original_spec.md`` §2.12), plus a fix for its dormancy.
+"""Mode-collapse detector (``docs/design.md`` §11), plus a fix for its dormancy.
 
 Per analysed keyframe the detector appends the embedding to a history (50), takes
 the last 10 embeddings, and appends the mean similarity of each *consecutive* pair
@@ -18,7 +18,7 @@ single-metric strategy simply has one.
 **Reset after an injection, and the fix.** The original trims all histories to the
 last 10 after every injection (``partial``), so 30 more keyframes are needed before
 40 samples exist again; with injections every ~7 keyframes the detector almost never
-runs (§2.12 "practical effect", §5.2 item 8). The policies ``none``, ``partial`` and
+runs (``docs/design.md`` §11). The policies ``none``, ``partial`` and
 ``full`` are kept for parity; the default is the new ``window`` policy:
 
 * the similarity histories are trimmed to the newest ``min_samples`` (40) values, so

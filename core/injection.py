@@ -1,4 +1,4 @@
-"""Injection policy (``original_spec.md`` §2.13): when to re-introduce a cached frame
+"""Injection policy (``docs/design.md`` §12): when to re-introduce a cached frame
 or a seed image into the loop, which one, and how to blend it in latent space.
 
 Decision for keyframe ``k`` (the one about to be made), in the original's order:
@@ -54,7 +54,7 @@ ACTION_SEED = "seed"
 
 @dataclass(frozen=True)
 class InjectionConfig:
-    """Policy parameters; defaults are the original's ``config.yaml`` values (§3).
+    """Policy parameters; defaults are the original's values (``docs/design.md`` §12).
 
     Attributes:
         windows: per-metric open interval ``(lo, hi)`` of "related but different".

@@ -1,6 +1,6 @@
 """Interpolated frames between two keyframe latents.
 
-``slerp_batch`` is the original's global slerp (``original_spec.md`` §2.4): both latents are
+``slerp_batch`` is the original's global slerp (``docs/design.md`` §4): both latents are
 flattened into one vector, the directions are slerped and the magnitude is interpolated
 linearly. Unlike the original, every t is computed at once (no Python loop per frame) and
 the degenerate cases fall back to a plain lerp whenever ``sin ω`` is tiny, which covers

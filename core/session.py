@@ -56,7 +56,7 @@ def strip_is_changed(prompt: dict) -> dict:
     """Deep copy of an API prompt without the ``is_changed`` keys ComfyUI inserts.
 
     Re-posting a prompt that still carries them makes ComfyUI skip ``fingerprint_inputs``
-    and serve stale cached outputs (see ``comfyui_loop_facts.md`` §3).
+    and serve stale cached outputs.
     """
     clean = copy.deepcopy(prompt)
     for node in clean.values():

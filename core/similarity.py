@@ -4,7 +4,7 @@ One interface, :class:`SimilarityStrategy`, with four implementations chosen per
 workflow by name through :func:`get_strategy`:
 
 ``dual_metric``
-    The original Dream Window metric (``original_spec.md`` §2.9-2.10): a 96-bin HSV
+    The original Dream Window metric (``docs/design.md`` §8): a 96-bin HSV
     colour histogram compared by histogram intersection (0..3) and an 8x8 DCT
     perceptual hash compared by ``1 - Hamming/64`` (0..1). The embedding row is the
     96 histogram floats followed by the 64 hash bits (as 0.0/1.0).
@@ -53,7 +53,7 @@ PHASH_BITS = PHASH_SIZE * PHASH_SIZE
 DUAL_METRIC_DIMS = COLOR_DIMS + PHASH_BITS
 COLOR_REDUNDANCY_SCALE = 2.5
 """Colour divisor in the combined dual-metric score ``(color/2.5 + struct)/2``
-(the redundancy score proposed in the original's Phase-2 design, §5.1)."""
+(the redundancy score proposed in the original's plans; ``docs/design.md`` §8)."""
 LATENT_POOL_GRID = (4, 4)
 _NORM_EPS = 1e-8
 
@@ -85,7 +85,7 @@ DUAL_METRIC_DEFAULTS = StrategyDefaults(
     candidate_window=MappingProxyType({"color": (1.18, 2.05), "struct": (0.68, 0.92)}),
     collapse=MappingProxyType({"color": (0.15, 0.30), "struct": (0.08, 0.15)}),
 )
-"""The original's ``config.yaml`` values (§3). ``admission_max`` is new (the original
+"""The original's values (``docs/design.md`` §8). ``admission_max`` is new (the original
 only planned a max rule); its values are uncalibrated starting points."""
 
 COSINE_DEFAULTS = StrategyDefaults(
@@ -195,7 +195,7 @@ def images_to_uint8(images: torch.Tensor) -> np.ndarray:
 
 
 def color_histogram(rgb: np.ndarray) -> np.ndarray:
-    """96-bin HSV colour histogram of one ``uint8 [H,W,3]`` RGB image (§2.9).
+    """96-bin HSV colour histogram of one ``uint8 [H,W,3]`` RGB image (``docs/design.md`` §8).
 
     PIL converts RGB to HSV (each channel 0..255); each channel gets 32 bins over
     [0, 256) and is normalised to sum 1; the result is [H | S | V] as float32.
@@ -263,7 +263,7 @@ def _l2_normalise(vectors: torch.Tensor) -> torch.Tensor:
 
 
 class DualMetricStrategy(SimilarityStrategy):
-    """HSV colour histogram + pHash-8, the original's dual metric (§2.9-2.10)."""
+    """HSV colour histogram + pHash-8, the original's dual metric (``docs/design.md`` §8)."""
 
     name = "dual_metric"
     needs_image = True

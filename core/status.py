@@ -6,7 +6,7 @@ both in one order, never matched. ``build_status`` writes a single document
 holding every controller key, every daemon key and the new fields, ordered so
 ``RAINMETER_STATUS_PATTERN`` matches it (``STATUS_KEYS`` is the full order).
 
-Fixes over the original (spec §6.G):
+Fixes over the original (``docs/design.md`` §15):
 
 * ``buffer_target`` is ``target_seconds * fps`` frames (105 at defaults, not 120);
 * ``current_prompt`` is the real prompt, truncated to ``PROMPT_MAX_CHARS``;

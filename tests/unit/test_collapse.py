@@ -1,4 +1,4 @@
-"""Collapse detector: §2.12's algorithm, thresholds and scale/force math, the reset
+"""Collapse detector: the algorithm of ``docs/design.md`` §11, thresholds and scale/force math, the reset
 policies, and the fix for the original's dormancy."""
 
 import json
@@ -33,7 +33,7 @@ def frame(color, struct):
 
 
 def expected_samples(values):
-    """§2.12: sample n = mean similarity of the consecutive pairs among the last 10
+    """``docs/design.md`` §11: sample n = mean similarity of the consecutive pairs among the last 10
     frames; with ValueStrategy that is the mean of frames max(2, n-8)..n."""
     v = np.asarray(values, dtype=np.float32).astype(np.float64)
     return [v[max(1, n - 8) : n + 1].mean() for n in range(1, len(v))]

@@ -1,4 +1,4 @@
-"""Injection policy (§2.13): decision order, measured probabilities (checked within
+"""Injection policy (``docs/design.md`` §12): decision order, measured probabilities (checked within
 4 sigma), the candidate window and weights, replay, state round trip, latent blends
 and the interpolate-mode walk."""
 

@@ -7,7 +7,8 @@ from core import interpolation as ip
 
 
 def slerp_by_formula(a, b, t):
-    """original_spec §2.4 written out for one t."""
+    """``docs/design.md`` §4 written out for one t (the angle from the ε-normalised vectors, as the
+    replaced design had it)."""
     va, vb = a.flatten().double(), b.flatten().double()
     na, nb = va.norm(), vb.norm()
     ua, ub = va / (na + 1e-6), vb / (nb + 1e-6)

@@ -23,7 +23,8 @@ def smooth_images(count, height=96, width=160, seed=0):
 
 
 def histogram_by_definition(rgb_uint8):
-    """§2.9 written out: PIL RGB->HSV, np.histogram 32 bins over [0,256), sum to 1, [H,S,V]."""
+    """``docs/design.md`` §8 written out: PIL RGB->HSV, np.histogram 32 bins over [0,256),
+    sum to 1, [H,S,V]."""
     hsv = np.asarray(Image.fromarray(rgb_uint8, "RGB").convert("HSV"))
     parts = []
     for channel in range(3):
