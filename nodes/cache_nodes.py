@@ -66,18 +66,20 @@ class DreamWindowCache(io.ComfyNode):
                                 tooltip="Cache folder under output/dream_window_cache/. Empty: private to this "
                                         "session (named after it); give several sessions one name to share it."),
                 comfy.Choice("strategy", options=list(STRATEGY_NAMES), default=DEFAULT_STRATEGY,
-                             tooltip="How similarity is measured: dual_metric (the original's HSV histogram + "
-                                     "pHash, no model), latent_pool (free), clip_vision (CLIP_VISION input), "
+                             tooltip="How similarity is measured: dual_metric (HSV colour histogram + perceptual "
+                                     "hash, no model), latent_pool (free), clip_vision (CLIP_VISION input), "
                                      "open_clip (a local open_clip weights file)."),
-                io.Int.Input("capacity", default=50, min=1, max=100000, tooltip="Entries kept (the original: 50)."),
+                io.Int.Input("capacity", default=50, min=1, max=100000,
+                             tooltip="Entries kept; when full, the eviction policy removes one per new entry."),
                 comfy.Choice("eviction", options=list(EVICTION_POLICIES), default="fifo",
-                             tooltip="fifo: drop the oldest (the original); redundancy: drop the entry most "
-                                     "similar to the rest."),
+                             tooltip="fifo: drop the oldest entry; redundancy: drop the entry most similar to "
+                                     "another, which keeps the cache varied."),
                 comfy.Choice("admission", options=["mean", "max", "mean+max", "always"], default="mean",
-                             tooltip="mean: the original's mean-similarity rule; max also keeps near-duplicates "
-                                     "of any single entry out; always: admit everything."),
+                             tooltip="mean: admit a frame whose mean similarity to the cache is low enough; max: "
+                                     "also keep out near-duplicates of any single entry; mean+max: both; always: "
+                                     "admit everything."),
                 comfy.Choice("logic", options=["all", "any"], default="all",
-                             tooltip="all: every metric must be diverse to admit (the original); any: one is enough."),
+                             tooltip="all: every metric must be diverse to admit; any: one is enough."),
                 io.Boolean.Input("injection", default=True,
                                  tooltip="Off: cache and analyse only, never inject."),
                 io.Int.Input("rng_seed", default=0, min=0, max=2**31 - 1,

@@ -104,12 +104,12 @@ class DreamWindowKeyframeSource(io.ComfyNode):
                 io.Float.Input("denoise", default=0.2, min=0.0, max=1.0, step=0.01,
                                tooltip="How much each keyframe may change from the previous one (img2img denoise)."),
                 comfy.Choice("seed_mode", options=["random", "sequence"], default="random",
-                             tooltip="random: a fresh random 32-bit seed per keyframe (the original's rule); "
+                             tooltip="random: a fresh random 32-bit seed per keyframe; "
                                      "sequence: base_seed + iteration, so a run can be replayed."),
                 io.Int.Input("base_seed", default=0, min=0, max=0xFFFFFFFF,
                              tooltip="First seed of the 'sequence' mode; ignored by 'random'."),
                 comfy.Choice("mode", options=list(MODES), default="hybrid",
-                             tooltip="hybrid: keyframes plus interpolated frames (the original); img2img: "
+                             tooltip="hybrid: keyframes plus interpolated frames between them; img2img: "
                                      "keyframes only; interpolate: no sampling at all, a slow slerp walk "
                                      "between cached keyframes and seed images (needs a cache)."),
                 io.String.Input("seed_folder", default="", optional=True,
@@ -293,7 +293,8 @@ class DreamWindowInterpolate(io.ComfyNode):
                 comfy.Choice("method", options=list(interpolation.METHODS), default="slerp",
                              tooltip="slerp: spherical (keeps the latent's energy); lerp: straight line."),
                 comfy.Choice("easing", options=list(interpolation.EASINGS), default="linear",
-                             tooltip="Spacing of the frames in time; linear is the original's."),
+                             tooltip="Spacing of the frames in time: linear, an even pace; ease_in_out, slower near "
+                                     "both keyframes; ease_in, near the previous one; ease_out, near the new one."),
             ],
             outputs=[io.Latent.Output("frames_out", display_name="frames",
                                       tooltip="In-between frames then the new keyframe, as one batch. The first "
