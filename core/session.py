@@ -82,6 +82,8 @@ class Session:
     """Why the GPU monitor paused the session ("yielding to eldenring.exe"); None when it did not."""
     prompt: dict | None = None
     client_id: str | None = None
+    extra_pnginfo: dict | None = None
+    """What the prompt was queued with besides the graph (the editor's workflow); re-queued with it."""
     settings: dict = field(default_factory=lambda: {"enabled": True, "max_iterations": 0, "min_delay": 0.0})
     stats: dict = field(default_factory=dict)
     rotation: dict = field(default_factory=dict)
@@ -124,6 +126,7 @@ class Session:
             "paused_reason": self.paused_reason,
             "prompt": self.prompt,
             "client_id": self.client_id,
+            "extra_pnginfo": self.extra_pnginfo,
             "settings": self.settings,
             "stats": self.stats,
             "rotation": self.rotation,
@@ -261,7 +264,7 @@ class Session:
                                f"delete or reset the session to start it afresh") from exc
         session = cls(name=name, folder=folder)
         for key in ("iteration", "next_frame", "seeds", "state", "error", "paused_reason", "prompt", "client_id",
-                    "settings", "stats", "rotation", "policy", "created", "latents_file"):
+                    "extra_pnginfo", "settings", "stats", "rotation", "policy", "created", "latents_file"):
             if key in data:
                 setattr(session, key, data[key])
         session.paused_reason = None  # no monitor of this process paused it: it stays paused until started

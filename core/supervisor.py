@@ -80,8 +80,10 @@ class LoopBackend(Protocol):
     def prompt_queued(self, prompt_id: str) -> bool:
         """Whether ``prompt_id`` is waiting in the queue or running."""
 
-    async def queue_prompt(self, prompt: dict, client_id: str | None, prompt_id: str) -> None:
-        """Queue through the server's own ``/prompt`` handling under the given prompt id."""
+    async def queue_prompt(self, prompt: dict, client_id: str | None, prompt_id: str,
+                           extra_pnginfo: dict | None) -> None:
+        """Queue through the server's own ``/prompt`` handling under the given prompt id, with the
+        ``extra_pnginfo`` (the editor's workflow) the session's prompt was queued with."""
 
     def delete_history(self, prompt_id: str) -> None:
         """Remove a finished prompt from the server's history."""
@@ -108,8 +110,9 @@ class Supervisor:
         self._wake = asyncio.Event()
 
     # -- called from the session node (executor thread, marshalled onto the loop) --
-    def attach(self, prompt_id: str, prompt: dict, client_id: str | None, settings: dict | None) -> None:
-        """A prompt of this session started executing."""
+    def attach(self, prompt_id: str, prompt: dict, client_id: str | None, settings: dict | None,
+               extra_pnginfo: dict | None = None) -> None:
+        """A prompt of this session started executing (with the workflow it was queued with, if any)."""
         s = self.session
         user_started = prompt_id not in self.own_prompts
         self.own_prompts.discard(prompt_id)
@@ -120,6 +123,8 @@ class Supervisor:
             s.prompt = strip_is_changed(prompt)
             if client_id is not None:
                 s.client_id = client_id
+            if extra_pnginfo is not None:
+                s.extra_pnginfo = extra_pnginfo
             if settings is not None:
                 s.settings.update(settings)
             if user_started:
@@ -285,12 +290,12 @@ class Supervisor:
     async def _queue(self) -> str:
         s = self.session
         with s.lock:
-            prompt, client_id = s.prompt, s.client_id
+            prompt, client_id, extra_pnginfo = s.prompt, s.client_id, s.extra_pnginfo
         # The id is ours before the POST: the prompt may start (and attach) before the reply arrives.
         prompt_id = str(uuid.uuid4())
         self.own_prompts.add(prompt_id)
         try:
-            await self.backend.queue_prompt(strip_is_changed(prompt), client_id, prompt_id)
+            await self.backend.queue_prompt(strip_is_changed(prompt), client_id, prompt_id, extra_pnginfo)
         except BaseException:
             self.own_prompts.discard(prompt_id)
             raise

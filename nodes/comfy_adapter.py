@@ -213,7 +213,8 @@ class ComfyBackend:
         running, queued = self.queue.get_current_queue_volatile()
         return any(item[1] == prompt_id for item in list(running) + list(queued))
 
-    async def queue_prompt(self, prompt: dict, client_id: str | None, prompt_id: str) -> None:
+    async def queue_prompt(self, prompt: dict, client_id: str | None, prompt_id: str,
+                           extra_pnginfo: dict | None) -> None:
         import aiohttp
 
         srv = PromptServer.instance
@@ -225,6 +226,8 @@ class ComfyBackend:
         body: dict = {"prompt": prompt, "prompt_id": prompt_id}
         if client_id:
             body["client_id"] = client_id
+        if extra_pnginfo:
+            body["extra_data"] = {"extra_pnginfo": extra_pnginfo}
         if self._http is None or self._http.closed:
             self._http = aiohttp.ClientSession()
         # The server's own scheme: with --tls-keyfile/--tls-certfile it serves https only. The certificate

@@ -51,7 +51,7 @@ class DreamWindowSession(io.ComfyNode):
                                    tooltip="Seconds of frames buffered before playback starts.")],
             outputs=[SessionType.Output("session_out", display_name="session",
                                         tooltip="Wire this into every Dream Window node of this loop.")],
-            hidden=[io.Hidden.prompt, io.Hidden.unique_id],
+            hidden=[io.Hidden.prompt, io.Hidden.unique_id, io.Hidden.extra_pnginfo],
         )
 
     @classmethod
@@ -78,7 +78,7 @@ class DreamWindowSession(io.ComfyNode):
         with session.lock:
             session.settings.update(fps=float(fps), min_buffer_seconds=float(min_buffer_seconds))
         RUNTIME.configure_playback(session)
-        RUNTIME.begin_iteration(name, cls.hidden.prompt, comfy.current_client_id())
+        RUNTIME.begin_iteration(name, cls.hidden.prompt, comfy.current_client_id(), cls.hidden.extra_pnginfo)
         return io.NodeOutput(SessionHandle(name))
 
 
@@ -382,21 +382,16 @@ class DreamWindowCommit(io.ComfyNode):
             hidden=[io.Hidden.prompt, io.Hidden.extra_pnginfo],
         )
 
-    _pnginfo: dict[str, dict] = {}
-    """Per session, the last ``extra_pnginfo`` (the editor's workflow) an iteration was queued with:
-    the supervisor queues the next iterations with the prompt alone."""
-
     @classmethod
-    def _frame_text(cls, name: str) -> bytes:
+    def _frame_text(cls) -> bytes:
         """The text chunks of this iteration's frames, as ComfyUI's SaveImage writes them (none with
-        ``--disable-metadata``); the prompt as it was queued, without the ``is_changed`` values (NaN,
-        which is not JSON) ComfyUI adds to a prompt whose nodes always run."""
+        ``--disable-metadata``): the prompt as it was queued, without the ``is_changed`` values (NaN,
+        which is not JSON) ComfyUI adds to a prompt whose nodes always run, and the workflow (the
+        session's supervisor queues every iteration with the one its prompt came with)."""
         if comfy.metadata_disabled():
             return b""
-        if cls.hidden.extra_pnginfo:
-            cls._pnginfo[name] = cls.hidden.extra_pnginfo
         prompt = cls.hidden.prompt
-        return png_text(strip_is_changed(prompt) if prompt is not None else None, cls._pnginfo.get(name))
+        return png_text(strip_is_changed(prompt) if prompt is not None else None, cls.hidden.extra_pnginfo)
 
     @classmethod
     def fingerprint_inputs(cls, **kwargs):
@@ -460,7 +455,7 @@ class DreamWindowCommit(io.ComfyNode):
                 loop.commit(keyframe)
         RUNTIME.committed(session.name)
         shown = writer.last_written
-        writer.submit(first, to_uint8(images), cls._frame_text(session.name))
+        writer.submit(first, to_uint8(images), cls._frame_text())
         ui = None
         if shown is not None:
             subfolder = f"dream_window/{session.name}/frames"
@@ -551,8 +546,6 @@ class DreamWindowAutoQueue(io.ComfyNode):
             text = f"session {session.name}: iteration {state.iteration}, {state.frames_produced()} frames"
         return io.NodeOutput(ui={"text": [text]})
 
-
-RUNTIME.forget_hooks.append(lambda name: DreamWindowCommit._pnginfo.pop(name, None))
 
 NODES = [DreamWindowSession, DreamWindowKeyframeSource, DreamWindowInterpolate, DreamWindowCommit,
          DreamWindowAutoQueue]

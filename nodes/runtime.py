@@ -191,7 +191,7 @@ class Runtime:
         for hook in self.commit_hooks:
             hook(name)
 
-    def begin_iteration(self, name: str, prompt: dict, client_id: str | None) -> None:
+    def begin_iteration(self, name: str, prompt: dict, client_id: str | None, extra_pnginfo: dict | None) -> None:
         """Called by the session node, first in every iteration (executor thread)."""
         self.marks[name] = {}
         self.plans[name] = {}
@@ -200,10 +200,10 @@ class Runtime:
         if prompt_id is None or not prompt:
             return
         settings = autoqueue_settings(prompt, name)
-        comfy.run_on_server_loop(self._attach, name, prompt_id, prompt, client_id, settings)
+        comfy.run_on_server_loop(self._attach, name, prompt_id, prompt, client_id, settings, extra_pnginfo)
 
-    def _attach(self, name, prompt_id, prompt, client_id, settings) -> None:
-        self.supervisor(name).attach(prompt_id, prompt, client_id, settings)
+    def _attach(self, name, prompt_id, prompt, client_id, settings, extra_pnginfo) -> None:
+        self.supervisor(name).attach(prompt_id, prompt, client_id, settings, extra_pnginfo)
         self.configure_playback(self.session(name))
 
     async def resume_running(self, attempts: int = 240, delay: float = 0.5) -> None:

@@ -87,6 +87,26 @@ def test_every_frame_carries_the_prompt_and_workflow_as_save_image_writes_them(c
             assert json.loads(image.text["workflow"]) == WORKFLOW, path.name
 
 
+def test_frames_queued_by_the_session_after_a_reset_carry_the_workflow_too(comfy):
+    """The workflow is kept with the session's stored prompt: the iterations its supervisor queues
+    (here a start after a reset, which forgets everything the session held in memory) carry it."""
+    name = "frame_outputs_reset"
+    wf = dream_workflow(name)
+    wf["10"]["inputs"]["max_iterations"] = 1
+    queue_with_workflow(comfy, wf)
+    comfy.wait_for(lambda: (comfy.session(name) or {}).get("state") == "stopped", timeout=120, what="one iteration")
+    before = comfy.session(name)["frames"]
+    comfy.control("reset", name)
+    comfy.control("start", name)
+    comfy.wait_for(lambda: (s := comfy.session(name)) and s["state"] == "stopped" and s["frames"] > before,
+                   timeout=120, what="one iteration after the reset")
+    newest = frames_folder(comfy, name) / f"frame_{comfy.session(name)['frames']:08d}.png"
+    comfy.wait_for(newest.is_file, what="the frame after the reset on disk")
+    with Image.open(newest) as image:
+        assert json.loads(image.text.get("workflow", "null")) == WORKFLOW, image.text.keys()
+        assert json.loads(image.text["prompt"]) == wf
+
+
 def test_the_commit_keyframe_output_feeds_core_preview_image(comfy, dreamed):
     """The last prompt (the supervisor's second iteration) stays in the history: its Preview Image
     shows that iteration's keyframe, the newest frame."""

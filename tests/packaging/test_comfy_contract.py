@@ -54,7 +54,7 @@ ADAPTER = {
     "srv.address": {"target": "server:PromptServer", "instance_attrs": ["address"]},
     "srv.port": {"target": "server:PromptServer", "instance_attrs": ["port"]},
     "POST /prompt": {"target": "server:PromptServer", "route": ["POST", "/prompt"],
-                     "body": ["prompt", "prompt_id", "client_id"]},
+                     "body": ["prompt", "prompt_id", "client_id", "extra_data"]},
     "self.queue.get_history": call("execution:PromptQueue.get_history", 0, "prompt_id", "map_function", method=True),
     "self.queue.get_current_queue_volatile": call("execution:PromptQueue.get_current_queue_volatile", 0,
                                                   method=True),

@@ -93,7 +93,7 @@ class FullDiskBackend:
     def prompt_queued(self, prompt_id):
         return False
 
-    async def queue_prompt(self, prompt, client_id, prompt_id):
+    async def queue_prompt(self, prompt, client_id, prompt_id, extra_pnginfo):
         self.queued.append(prompt_id)
 
     def delete_history(self, prompt_id):

@@ -17,6 +17,7 @@ class FakeBackend:
     def __init__(self):
         self.results = {}
         self.queued = []
+        self.workflows = []
         self.deleted = []
         self.busy = False
         self.reject = 0
@@ -32,13 +33,14 @@ class FakeBackend:
     def prompt_queued(self, prompt_id):
         return prompt_id not in self.removed and prompt_id not in self.results
 
-    async def queue_prompt(self, prompt, client_id, prompt_id):
+    async def queue_prompt(self, prompt, client_id, prompt_id, extra_pnginfo):
         if self.reject:
             self.reject -= 1
             raise RuntimeError("ComfyUI refused the stored workflow: missing model")
         if self.on_queue:
             self.on_queue(prompt_id)
         self.queued.append((prompt_id, prompt, client_id))
+        self.workflows.append(extra_pnginfo)
 
     def delete_history(self, prompt_id):
         self.deleted.append(prompt_id)
@@ -78,6 +80,23 @@ def test_success_requeues_stripped_prompt_with_client_id(tmp_path):
         backend.results[pid] = ("success", None)
         await settle(lambda: len(backend.queued) == 2)
         assert backend.deleted == ["u1"], "the previous finished prompt leaves history"
+    run(main())
+
+
+def test_requeues_carry_the_workflow_the_user_queued_and_it_is_persisted(tmp_path):
+    workflow = {"workflow": {"nodes": [], "links": []}}
+
+    async def main():
+        session, backend, sup = make(tmp_path)
+        sup.attach("u1", PROMPT, "client-a", {"enabled": True}, workflow)
+        backend.results["u1"] = ("success", None)
+        await settle(lambda: backend.queued)
+        pid, prompt, _ = backend.queued[0]
+        sup.attach(pid, prompt, None, {"enabled": True})  # the supervisor's own prompt: ComfyUI hands it back
+        backend.results[pid] = ("success", None)
+        await settle(lambda: len(backend.queued) == 2)
+        assert backend.workflows == [workflow, workflow]
+        assert SessionRegistry(tmp_path).get("s").extra_pnginfo == workflow, "kept across a restart"
     run(main())
 
 
@@ -248,7 +267,7 @@ def test_a_workflow_the_server_refuses_as_invalid_pauses_at_once(tmp_path):
     async def main():
         session, backend, sup = make(tmp_path)
 
-        async def refuse(prompt, client_id, prompt_id):
+        async def refuse(prompt, client_id, prompt_id, extra_pnginfo):
             backend.queued.append((prompt_id, prompt, client_id))
             raise sup_mod.ConfigurationError("ComfyUI refused the stored workflow: model not found")
         backend.queue_prompt = refuse
