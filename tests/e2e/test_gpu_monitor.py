@@ -89,7 +89,8 @@ def test_a_listed_program_pauses_running_sessions_frees_the_models_and_they_resu
                             timeout=30, what="ComfyUI to unload its models")
     assert state["yielding"] and state["reason"] == reason
     assert state["paused_sessions"] == ["mon_a", "mon_b"]
-    assert server.get("/dream_window/status/mon_a")["paused_reason"] == reason
+    server.wait_for(lambda: server.get("/dream_window/status/mon_a")["paused_reason"] == reason, timeout=3,
+                    what="the status (written once a second) to say why")
     held = {n: server.session(n)["iteration"] for n in ("mon_a", "mon_b")}
     time.sleep(1.5)
     assert {n: server.session(n)["iteration"] for n in held} == held, "nothing more is queued while yielding"
@@ -127,9 +128,10 @@ def test_a_check_that_fails_every_time_leaves_both_loops_running_and_models_can_
         server.wait_for(lambda: running(server, "mon_fault", after=iteration), timeout=60,
                         what="the dream to go on while the check fails")
         assert server.log_tail(400000).count("cannot list the running processes") == 1, "logged once"
+        # Before the check is mended: the first check that finds the program must already keep the models.
+        assert server.post_json("/settings/DreamWindow.Monitor.KeepModels", True)[0] == 200
     finally:
         flag.unlink()
-    assert server.post_json("/settings/DreamWindow.Monitor.KeepModels", True)[0] == 200
     server.wait_for(lambda: server.session("mon_fault")["state"] == "paused", timeout=INTERVAL + 2,
                     what="the mended check to find the program")
     time.sleep(2)  # the session's last iteration ends; nothing frees the models
