@@ -38,6 +38,11 @@ print(json.dumps({"version": torch.__version__, "file": torch.__file__, "inode":
 """
 
 
+CONSOLE_COLUMNS = 4000
+"""The Manager prints through rich, which wraps at the console width (80 without a terminal): the
+commands it ran would break across lines at a width that depends on the path of the checkout."""
+
+
 def clean_comfyui(dest):
     """A copy of the harness ComfyUI's code: no custom node but ComfyUI's own examples, no user data."""
     def ignore(folder, names):
@@ -80,8 +85,8 @@ def test_cm_cli_installs_the_pack_from_git_into_a_clean_comfyui(tmp_path, git_ur
     comfyui = clean_comfyui(tmp_path / "ComfyUI")
     torch_before = torch_fingerprint()
     result = subprocess.run([str(MANAGER_PYTHON), "-m", "cm_cli", "install", git_url],
-                            env={**os.environ, "COMFYUI_PATH": str(comfyui)}, capture_output=True, text=True,
-                            timeout=180)
+                            env={**os.environ, "COMFYUI_PATH": str(comfyui), "COLUMNS": str(CONSOLE_COLUMNS)},
+                            capture_output=True, text=True, timeout=180)
     log = result.stdout + result.stderr
     (artifacts / "cm-cli-install.log").write_text(log)
     assert result.returncode == 0 and f"[INSTALLED] {git_url}" in log, log[-4000:]
