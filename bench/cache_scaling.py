@@ -54,8 +54,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from core import admission, injection, similarity  # noqa: E402
-from core.cache_store import EmbeddingBank  # noqa: E402
+from core.cache import admission, injection, similarity  # noqa: E402
+from core.cache.store import EmbeddingBank  # noqa: E402
 from harness.comfy_process import COMFYUI_DIR, HARNESS, TINY_CLIP_VISION  # noqa: E402
 
 TARGET_MS_AT_1000 = 1.0

@@ -4,10 +4,10 @@ images between nodes, against the textbook formulation it replaced.
     python bench/cpu_ops.py [--size 512x256] [--frames 10 32] [--repeats 30]
 
 * **slerp**: the batch of interpolated latents between two keyframes (``[4, H/8, W/8]``,
-  float32), ``core.interpolation.interpolate`` against the textbook global slerp
+  float32), ``core.loop.interpolation.interpolate`` against the textbook global slerp
   (``(wa ua + wb ub) * magnitude``, one temporary per operation);
 * **to uint8**: the decoded batch (N + 1 frames) to uint8 for the frame writer,
-  ``core.frames.to_uint8`` against the out-of-place chain ``clamp, mul, round, to``.
+  ``core.loop.frames.to_uint8`` against the out-of-place chain ``clamp, mul, round, to``.
 
 Each runs at torch's default intra-op thread count and at 1 thread, with the machine otherwise
 idle and with a frame-writer thread encoding PNGs back to back (as in the loop). Medians of
@@ -27,8 +27,8 @@ import torch
 sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
 
 from common import fmt, frame_size, median, output_arg, positive_int, print_table, ratio, write_results  # noqa: E402
-from core import interpolation  # noqa: E402
-from core.frames import encode_png, to_uint8  # noqa: E402
+from core.loop import interpolation  # noqa: E402
+from core.loop.frames import encode_png, to_uint8  # noqa: E402
 from frame_encode import dream_frame  # noqa: E402
 
 

@@ -5,11 +5,11 @@ architecture with random fp16 weights from ComfyUI's own classes (``comfy.suppor
 -> ``comfy.model_base.BaseModel`` in a ``ModelPatcher``) and measures, in the same run:
 
 * **UNet forward**: one ``BaseModel.apply_model`` at batch 2 (CFG), latent 64x32 (512x256),
-  context 77x768 fp16, eager versus served by ``core.cuda_graph.GraphCache`` (input copies,
+  context 77x768 fp16, eager versus served by ``core.accel.cuda_graph.GraphCache`` (input copies,
   replay and output clone included);
 * **keyframe**: ``comfy.sample.sample`` as the dream loop's KSampler runs it (10 steps, euler,
   karras, cfg 6, denoise 0.2, img2img from a random latent), eager versus through
-  ``core.cuda_graph.UnetGraphWrapper`` installed exactly as the DreamWindowCudaGraph node does;
+  ``core.accel.cuda_graph.UnetGraphWrapper`` installed exactly as the DreamWindowCudaGraph node does;
   with the relative L2 difference of the final latents and the graph counters.
 
 Targets (issue 7, H100/H200 class): >= 2.5x faster UNet forward, >= 2x faster keyframes,
@@ -143,7 +143,7 @@ def build_sd15(device: torch.device, seed: int):
 def graphed_patcher(patcher, name: str):
     """``patcher`` cloned with a UnetGraphWrapper, as ``comfy_adapter.clone_with_unet_wrapper`` installs it."""
     import comfy.patcher_extension as extension
-    from core.cuda_graph import UnetGraphWrapper
+    from core.accel.cuda_graph import UnetGraphWrapper
 
     def forward_wrappers(options: dict) -> list:
         return (extension.get_all_wrappers(extension.WrappersMP.APPLY_MODEL, options)
@@ -175,7 +175,7 @@ def timed_ms(fn: Callable[[], Any], repeats: int) -> float:
 
 def unet_forward(patcher, args: argparse.Namespace) -> dict[str, Any]:
     """Part (a): one apply_model at CFG batch 2, eager versus replayed from a graph."""
-    from core.cuda_graph import GraphCache
+    from core.accel.cuda_graph import GraphCache
 
     device, model = patcher.load_device, patcher.model
     g = torch.Generator(device="cpu").manual_seed(args.seed)

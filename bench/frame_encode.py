@@ -8,7 +8,7 @@ the next keyframe, whose sampler is mostly Python between GPU kernels: the encod
 any time it holds the GIL are taken from that thread. Measured here, with a dream-like frame
 (smooth colour fields plus grain):
 
-* **encode**: ms per frame and file size, the pack's ``core.frames.encode_png`` (PNG "Up" filter
+* **encode**: ms per frame and file size, the pack's ``core.loop.frames.encode_png`` (PNG "Up" filter
   in numpy, ``zlib.compress`` at level 1) against Pillow's ``save(format="PNG",
   compress_level=1)`` (the baseline, what the pack used before);
 * **executor slowdown**: a pure-Python workload's time on the main thread while a writer thread
@@ -34,7 +34,7 @@ from PIL import Image
 sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
 
 from common import fmt, frame_size, median, output_arg, positive_int, print_table, ratio, write_results  # noqa: E402
-from core.frames import encode_png  # noqa: E402
+from core.loop.frames import encode_png  # noqa: E402
 
 
 def pillow_png(frame: np.ndarray) -> bytes:

@@ -1,9 +1,9 @@
 """Interpolation path: the pack's slerp + one batched VAE decode of N frames versus the
 original's per-frame path, same VAE, same device, in one process.
 
-* **batched** (the pack): ``core.interpolation.interpolate`` of the two keyframe latents
+* **batched** (the pack): ``core.loop.interpolation.interpolate`` of the two keyframe latents
   (on ComfyUI's intermediate device, where KSampler leaves them), ``VAE.decode`` of the whole
-  batch (what the workflow's VAE Decode node does), ``core.frames.to_uint8``. The PNG encode
+  batch (what the workflow's VAE Decode node does), ``core.loop.frames.to_uint8``. The PNG encode
   of each frame runs in the loop's frame writer thread, off the executor: it is shown apart
   and a second ratio includes it;
 * **original** (``docs/design.md`` §1.1, per interpolated frame, rebuilt in ``original.py``):
@@ -43,8 +43,8 @@ from common import (
     write_results,
 )
 
-from core import interpolation
-from core.frames import encode_png, to_uint8
+from core.loop import interpolation
+from core.loop.frames import encode_png, to_uint8
 
 VAE_KINDS = ("taesd", "kl")
 TARGET_SPEEDUP = 5.0

@@ -140,7 +140,7 @@ def dream_workflow(checkpoint: str, size: tuple[int, int], steps: int, frames: i
 
 def prompt_texts(dream: dict) -> tuple[str, str]:
     """The dream workflow's first theme: its positive and negative prompt texts."""
-    from core.prompts import parse_themes
+    from core.loop.prompts import parse_themes
 
     theme = parse_themes(dream[node_id(dream, "DreamWindowPrompts")]["inputs"]["themes"])[0]
     return theme.positive, theme.negative

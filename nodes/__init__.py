@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from ..core.settings import RESUME_ON_START
+from ..core.server_settings import RESUME_ON_START
 from . import routes, settings
 from .accel_nodes import NODES as ACCEL_NODES
 from .comfy_adapter import ComfyExtension

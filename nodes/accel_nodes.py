@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from ..core.cuda_graph import DEFAULT_MAX_GRAPHS, UnetGraphWrapper, is_dynamic_vram
+from ..core.accel.cuda_graph import DEFAULT_MAX_GRAPHS, UnetGraphWrapper, is_dynamic_vram
 from . import comfy_adapter as comfy
 from .comfy_adapter import io, ui
 from .loop_nodes import CATEGORY

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from ..core.aesthetic import apply_tuning
-from ..core.cache_store import EVICTION_POLICIES, CacheStoreError
-from ..core.session import SessionError
-from ..core.similarity import STRATEGY_NAMES, open_clip_configs, strategy_class
+from ..core.cache.aesthetic_loop import apply_tuning
+from ..core.cache.similarity import STRATEGY_NAMES, open_clip_configs, strategy_class
+from ..core.cache.store import EVICTION_POLICIES, CacheStoreError
+from ..core.loop.session import SessionError
 from . import comfy_adapter as comfy
 from .caches import CACHES, NODE, CacheHandle, image_encoder
 from .comfy_adapter import io

@@ -12,11 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from ..core.aesthetic import AestheticLoop
-from ..core.background import PendingJobs
-from ..core.cache_store import CacheStore
-from ..core.session import SessionError, validate_name
-from ..core.similarity import StrategyUnavailableError, get_strategy, load_open_clip
+from ..core.cache.aesthetic_loop import AestheticLoop
+from ..core.cache.pending_jobs import PendingJobs
+from ..core.cache.similarity import StrategyUnavailableError, get_strategy, load_open_clip
+from ..core.cache.store import CacheStore
+from ..core.loop.session import SessionError, validate_name
 from . import comfy_adapter as comfy
 from .common import fail
 from .runtime import RUNTIME

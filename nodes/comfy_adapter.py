@@ -22,7 +22,7 @@ from server import PromptServer
 import comfy.model_management as model_management
 from comfy.cli_args import args as cli_args
 
-from ..core.supervisor import ConfigurationError
+from ..core.loop.supervisor import ConfigurationError
 
 VERSIONED_APIS = ("v0_0_3", "v0_0_2")
 """The versioned ``comfy_api`` namespaces the pack is written against, newest first."""

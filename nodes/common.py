@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from ..core.supervisor import ConfigurationError
+from ..core.loop.supervisor import ConfigurationError
 from . import comfy_adapter as comfy
 from .comfy_adapter import io
 

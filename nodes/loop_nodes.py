@@ -9,12 +9,11 @@ from pathlib import Path
 
 import torch
 
-from ..core import images as seed_images
-from ..core import interpolation
-from ..core.aesthetic import ACTION_CACHE, ACTION_NONE, ACTION_SEED
-from ..core.cache_store import EmbeddingMismatchError
-from ..core.frames import frame_name, png_text, to_uint8
-from ..core.session import SessionError, strip_is_changed, validate_name
+from ..core.cache.aesthetic_loop import ACTION_CACHE, ACTION_NONE, ACTION_SEED
+from ..core.cache.store import EmbeddingMismatchError
+from ..core.loop import interpolation, seed_images
+from ..core.loop.frames import frame_name, png_text, to_uint8
+from ..core.loop.session import SessionError, strip_is_changed, validate_name
 from . import comfy_adapter as comfy
 from .caches import CACHES
 from .comfy_adapter import io

@@ -14,10 +14,10 @@ import dataclasses
 import logging
 import time
 
-from ..core.monitor import Checker, MonitorConfig, YieldGate, has_display
-from ..core.session import SessionError
-from ..core.settings import MONITOR_INTERVAL
-from ..core.supervisor import ControlRefused
+from ..core.accel.gpu_monitor import Checker, MonitorConfig, YieldGate, has_display
+from ..core.loop.session import SessionError
+from ..core.loop.supervisor import ControlRefused
+from ..core.server_settings import MONITOR_INTERVAL
 from . import comfy_adapter as comfy
 from . import settings
 from .runtime import RUNTIME, Runtime

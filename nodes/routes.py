@@ -15,10 +15,10 @@ from pathlib import Path
 
 from aiohttp import web
 
-from ..core.export import FORMATS, export_frames, write_session_zip
-from ..core.frames import FRAME_RE, frame_name
-from ..core.session import SessionError, validate_name
-from ..core.supervisor import ControlRefused
+from ..core.loop.frames import FRAME_RE, frame_name
+from ..core.loop.session import SessionError, validate_name
+from ..core.loop.supervisor import ControlRefused
+from ..core.window.export import FORMATS, export_frames, write_session_zip
 from . import comfy_adapter as comfy
 from .caches import CACHES
 from .monitor import MONITOR

@@ -15,15 +15,15 @@ from typing import Callable
 
 import torch
 
-from ..core import prompts
-from ..core.frames import FrameWriter
-from ..core.playback import Frame, Player
-from ..core.publisher import Publisher
-from ..core.session import Session, SessionRegistry
-from ..core.status import CacheStats, build_status
-from ..core.supervisor import Supervisor
-from ..core.settings import TORCH_THREADS
-from ..core.threads import planned_threads, usable_cores
+from ..core.accel.torch_threads import planned_threads, usable_cores
+from ..core.loop import prompts
+from ..core.loop.frames import FrameWriter
+from ..core.loop.session import Session, SessionRegistry
+from ..core.loop.supervisor import Supervisor
+from ..core.server_settings import TORCH_THREADS
+from ..core.window.playback import Frame, Player
+from ..core.window.publisher import Publisher
+from ..core.window.status import CacheStats, build_status
 from . import comfy_adapter as comfy
 from . import settings
 

@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..core.settings import SESSIONS_FOLDER, Setting, resolve, sessions_root
+from ..core.server_settings import SESSIONS_FOLDER, Setting, resolve, sessions_root
 from . import comfy_adapter as comfy
 
 log = logging.getLogger("dream_window")

@@ -8,10 +8,10 @@ from collections import OrderedDict
 
 import torch
 
-from ..core import prompts
-from ..core.frames import frames_on_disk, select_frames
-from ..core.images import load_image
-from ..core.session import SessionError
+from ..core.loop import prompts
+from ..core.loop.frames import frames_on_disk, select_frames
+from ..core.loop.seed_images import load_image
+from ..core.loop.session import SessionError
 from . import comfy_adapter as comfy
 from .comfy_adapter import io
 from .common import CATEGORY, SessionType, fail, session_input

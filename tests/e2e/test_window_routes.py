@@ -15,8 +15,8 @@ import av
 import pytest
 from PIL import Image
 
-from core.publisher import Publisher
-from core.status import RAINMETER_STATUS_PATTERN, STATUS_KEYS
+from core.window.publisher import Publisher
+from core.window.status import RAINMETER_STATUS_PATTERN, STATUS_KEYS
 from loop_helpers import dream_workflow, read_stream
 
 pytestmark = pytest.mark.e2e

@@ -79,7 +79,7 @@ DUCK_TYPED = [
         "model.model_lowvram", "model.current_patcher"]},
     call("comfy.model_base:BaseModel.apply_model", 2, "transformer_options", method=True),
 ]
-"""What ``core.cuda_graph`` and the CUDA-graph node read from a ModelPatcher and its BaseModel (duck-typed,
+"""What ``core.accel.cuda_graph`` and the CUDA-graph node read from a ModelPatcher and its BaseModel (duck-typed,
 no import); ``is_dynamic`` is newer ComfyUI's and read only where present."""
 
 ADAPTER_ROOTS = {"folder_paths", "model_management", "cli_args", "PromptServer", "srv", "context", "model",

@@ -9,24 +9,24 @@ import pytest
 import torch
 
 from asyncrun import run_isolated
-from core import atomic
-from core.cache_store import CacheStore
-from core.session import SessionError, SessionRegistry
-from core.similarity import get_strategy
-from core.supervisor import Supervisor
+from core import atomic_files
+from core.cache.store import CacheStore
+from core.loop.session import SessionError, SessionRegistry
+from core.cache.similarity import get_strategy
+from core.loop.supervisor import Supervisor
 
 
 def test_fault_rules_match_patterns_and_count_hits(monkeypatch):
-    monkeypatch.setenv(atomic.FAULT_ENV, "before_replace:????????-????????.safetensors:enospc@3")
-    atomic.fault_point("before_replace:latents-00000001.safetensors")  # not a cache tensor name
-    atomic.fault_point("before_replace:00000001-abcdef12.safetensors")
-    atomic.fault_point("before_replace:00000002-abcdef12.safetensors")
+    monkeypatch.setenv(atomic_files.FAULT_ENV, "before_replace:????????-????????.safetensors:enospc@3")
+    atomic_files.fault_point("before_replace:latents-00000001.safetensors")  # not a cache tensor name
+    atomic_files.fault_point("before_replace:00000001-abcdef12.safetensors")
+    atomic_files.fault_point("before_replace:00000002-abcdef12.safetensors")
     for _ in range(2):  # from the third hit on
         with pytest.raises(OSError, match="No space left"):
-            atomic.fault_point("before_replace:00000003-abcdef12.safetensors")
-    monkeypatch.setenv(atomic.FAULT_ENV, "after_replace:state.json:enospc")  # a new rule counts afresh
+            atomic_files.fault_point("before_replace:00000003-abcdef12.safetensors")
+    monkeypatch.setenv(atomic_files.FAULT_ENV, "after_replace:state.json:enospc")  # a new rule counts afresh
     with pytest.raises(OSError):
-        atomic.fault_point("after_replace:state.json")
+        atomic_files.fault_point("after_replace:state.json")
 
 
 def test_loading_a_session_removes_temp_files_and_refuses_links(tmp_path):
@@ -57,7 +57,7 @@ def test_a_failed_commit_leaves_the_folder_as_it_was(tmp_path, monkeypatch):
     session = SessionRegistry(tmp_path).get("s", create=True)
     session.commit_keyframe(torch.ones(1, 4, 8, 8), 1, 1, {})
     before = {p.name: p.read_bytes() for p in session.folder.iterdir()}
-    monkeypatch.setenv(atomic.FAULT_ENV, "before_replace:state.json:enospc")
+    monkeypatch.setenv(atomic_files.FAULT_ENV, "before_replace:state.json:enospc")
     with pytest.raises(OSError):
         session.commit_keyframe(torch.zeros(1, 4, 8, 8), 2, 11, {})
     assert {p.name: p.read_bytes() for p in session.folder.iterdir()} == before
@@ -101,13 +101,13 @@ class FullDiskBackend:
 
 
 def test_the_supervisor_retries_and_pauses_when_state_json_cannot_be_written(tmp_path, monkeypatch, caplog):
-    import core.supervisor as supervisor
+    import core.loop.supervisor as supervisor
 
     monkeypatch.setattr(supervisor, "BACKOFF_BASE", 0.001)
     session = SessionRegistry(tmp_path).get("s", create=True)
     session.prompt = {"4": {"class_type": "DreamWindowSession", "inputs": {"name": "s"}}}
     on_disk = (session.folder / "state.json").read_bytes()
-    monkeypatch.setenv(atomic.FAULT_ENV, "before_replace:state.json:enospc")
+    monkeypatch.setenv(atomic_files.FAULT_ENV, "before_replace:state.json:enospc")
     backend = FullDiskBackend()
     sup = Supervisor(session, backend)
 

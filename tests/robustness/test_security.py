@@ -142,7 +142,7 @@ def test_control_bodies_query_values_and_export_ranges_never_reach_a_file(comfy,
         for path in (f"/dream_window/frame/{S}?index={query}", f"/dream_window/stream/{S}?limit={query}",
                      f"/dream_window/stream/{S}?format={query}"):
             assert_json_refusal(*comfy.request("GET", path)[:2], path)
-    for asset in ("../__init__.py", "../../core/session.py", "/etc/passwd", "index.html", "viewer.mjs\x00.py"):
+    for asset in ("../__init__.py", "../../core/loop/session.py", "/etc/passwd", "index.html", "viewer.mjs\x00.py"):
         status, body, _ = comfy.request("GET", f"/dream_window/assets/{encoded(asset)}")
         assert status == 404 and b"import" not in body and MARKER not in body, asset
     assert state_bytes(world) == before

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from core import admission, similarity
+from core.cache import admission, similarity
 
 
 @pytest.fixture

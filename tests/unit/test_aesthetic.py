@@ -6,11 +6,11 @@ import shutil
 import pytest
 import torch
 
-from core import atomic
-from core.aesthetic import TUNING_KEYS, AestheticLoop
-from core.cache_store import CacheStore
-from core.injection import InjectionDecision
-from core.similarity import get_strategy
+from core import atomic_files
+from core.cache.aesthetic_loop import TUNING_KEYS, AestheticLoop
+from core.cache.store import CacheStore
+from core.cache.injection import InjectionDecision
+from core.cache.similarity import get_strategy
 
 FORCE = {"warmup_keyframes": 0, "injection_probability": 1.0, "injection_cooldown": 0,
          "windows": {"cosine": [-1.0, 1.0]}}
@@ -78,11 +78,11 @@ def test_unwritable_cache_folder_keeps_the_loop_going(tmp_path):
 def test_a_full_disk_on_the_index_alone_keeps_the_loop_going(tmp_path, monkeypatch):
     loop = make(tmp_path)
     index = tmp_path / "cache" / "metadata" / "cache_index.json"
-    monkeypatch.setenv(atomic.FAULT_ENV, "before_replace:cache_index.json:enospc")
+    monkeypatch.setenv(atomic_files.FAULT_ENV, "before_replace:cache_index.json:enospc")
     record = loop.after_keyframe(1, latents(1), None, injected=False)
     assert "No space left" in record["cache_error"] and loop.cache_error
     assert not index.exists(), "nothing indexed while the disk is full"
-    monkeypatch.delenv(atomic.FAULT_ENV)
+    monkeypatch.delenv(atomic_files.FAULT_ENV)
     record = loop.after_keyframe(2, latents(2), None, injected=False)
     assert record["admitted"] and loop.cache_error is None
     assert len(json.loads(index.read_text())["entries"]) == len(loop.store) == 4, "the retried index holds all"

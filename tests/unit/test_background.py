@@ -1,4 +1,4 @@
-"""core.background: a keyframe's analysis on a worker thread, settled before its state is read."""
+"""core.cache.pending_jobs: a keyframe's analysis on a worker thread, settled before its state is read."""
 
 import logging
 import threading
@@ -6,10 +6,10 @@ import threading
 import pytest
 import torch
 
-from core.aesthetic import AestheticLoop
-from core.background import PendingJobs
-from core.cache_store import CacheStore
-from core.similarity import get_strategy
+from core.cache.aesthetic_loop import AestheticLoop
+from core.cache.pending_jobs import PendingJobs
+from core.cache.store import CacheStore
+from core.cache.similarity import get_strategy
 
 FORCE = {"warmup_keyframes": 0, "injection_probability": 1.0, "injection_cooldown": 0}
 WIDE = {"dual_metric": {"color": [0.0, 3.0], "struct": [0.0, 1.0]}, "latent_pool": {"cosine": [-1.0, 1.0]}}

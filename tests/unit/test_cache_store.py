@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from core import cache_store as cs
-from core import similarity
+from core.cache import similarity
+from core.cache import store as cs
 
 INDEX = "metadata/cache_index.json"
 
@@ -205,7 +205,7 @@ def test_corrupt_entries_are_skipped_and_logged_once(tmp_path, pool, caplog):
     del document["entries"][3]["prompt"]
     document["entries"].append("not an entry")
     (tmp_path / INDEX).write_text(json.dumps(document))
-    with caplog.at_level(logging.WARNING, logger="core.cache_store"):
+    with caplog.at_level(logging.WARNING, logger="core.cache.store"):
         reopened = cs.CacheStore(tmp_path, pool)
     assert set(reopened.ids) == set(ids[4:])
     reasons = {s.cache_id: s.reason for s in reopened.skipped}
@@ -216,7 +216,7 @@ def test_corrupt_entries_are_skipped_and_logged_once(tmp_path, pool, caplog):
     assert len(warnings) == 1 and "skipped 5" in warnings[0].getMessage()
     torch.testing.assert_close(reopened.embeddings, store.embeddings[4:])
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="core.cache_store"):
+    with caplog.at_level(logging.WARNING, logger="core.cache.store"):
         again = cs.CacheStore(tmp_path, pool)  # the index was rewritten without them
     assert again.skipped == () and caplog.records == [] and set(again.ids) == set(ids[4:])
 
@@ -224,7 +224,7 @@ def test_corrupt_entries_are_skipped_and_logged_once(tmp_path, pool, caplog):
 def test_unreadable_index_is_rebuilt_from_the_tensor_files(tmp_path, pool, caplog):
     store = filled(tmp_path, pool, 3)
     (tmp_path / INDEX).write_text('{"format": "dream_window.cache", "entries": [')
-    with caplog.at_level(logging.WARNING, logger="core.cache_store"):
+    with caplog.at_level(logging.WARNING, logger="core.cache.store"):
         reopened = cs.CacheStore(tmp_path, pool)
     assert reopened.entries() == store.entries()
     assert any("rebuilt" in r.getMessage() for r in caplog.records)

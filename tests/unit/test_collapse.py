@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from core import collapse, similarity
+from core.cache import collapse, similarity
 
 
 class ValueStrategy(similarity.SimilarityStrategy):

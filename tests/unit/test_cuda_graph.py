@@ -1,4 +1,4 @@
-"""core.cuda_graph with a fake capture backend: keys, LRU, invalidation, fallbacks, the ComfyUI wrapper."""
+"""core.accel.cuda_graph with a fake capture backend: keys, LRU, invalidation, fallbacks, the ComfyUI wrapper."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from core.cuda_graph import GraphCache, UnetGraphWrapper, is_dynamic_vram
+from core.accel.cuda_graph import GraphCache, UnetGraphWrapper, is_dynamic_vram
 
 
 class FakeGraph:

@@ -1,4 +1,4 @@
-"""core.frames: the PNG encoder and the background frame writer (no ComfyUI)."""
+"""core.loop.frames: the PNG encoder and the background frame writer (no ComfyUI)."""
 
 import io
 import json
@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image, PngImagePlugin
 
-from core.frames import (FrameWriter, encode_png, frame_name, frames_on_disk, oldest_kept, png_text,
+from core.loop.frames import (FrameWriter, encode_png, frame_name, frames_on_disk, oldest_kept, png_text,
                          select_frames, shown_frame, to_uint8, unplayed_run)
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from core import collapse, injection, similarity
+from core.cache import collapse, injection, similarity
 
 DRAWS = 20_000  # per measured probability; 4 sigma of p = 0.15 is about 0.010
 

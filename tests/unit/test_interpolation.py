@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from core import interpolation as ip
+from core.loop import interpolation as ip
 
 
 def slerp_by_formula(a, b, t):

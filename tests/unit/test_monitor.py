@@ -1,18 +1,18 @@
-"""core.monitor: what makes the dream yield the GPU, and when it resumes."""
+"""core.accel.gpu_monitor: what makes the dream yield the GPU, and when it resumes."""
 
 import pytest
 
-from core import monitor
-from core.monitor import GB, Checker, MonitorConfig, OnceLog, VramReading, VramUnavailable, YieldGate
+from core.accel import gpu_monitor
+from core.accel.gpu_monitor import GB, Checker, MonitorConfig, OnceLog, VramReading, VramUnavailable, YieldGate
 
 
 def test_matching_process_is_a_case_insensitive_substring():
     running = ["systemd", "bash", "EldenRing.exe", "steam"]
-    assert monitor.matching_process(["eldenring"], running) == "EldenRing.exe"
-    assert monitor.matching_process(["ELDENRING.EXE"], running) == "EldenRing.exe"
-    assert monitor.matching_process(["cyberpunk"], running) is None
-    assert monitor.matching_process([], running) is None
-    assert monitor.matching_process([""], running) is None  # an empty entry matches nothing
+    assert gpu_monitor.matching_process(["eldenring"], running) == "EldenRing.exe"
+    assert gpu_monitor.matching_process(["ELDENRING.EXE"], running) == "EldenRing.exe"
+    assert gpu_monitor.matching_process(["cyberpunk"], running) is None
+    assert gpu_monitor.matching_process([], running) is None
+    assert gpu_monitor.matching_process([""], running) is None  # an empty entry matches nothing
 
 
 @pytest.mark.parametrize("reading, min_free, max_other, expected", [
@@ -24,7 +24,7 @@ def test_matching_process_is_a_case_insensitive_substring():
     (VramReading(free=8 * GB, other_max=3 * GB), 2, 4, None),
 ])
 def test_vram_pressure(reading, min_free, max_other, expected):
-    assert monitor.vram_pressure(reading, min_free, max_other) == expected
+    assert gpu_monitor.vram_pressure(reading, min_free, max_other) == expected
 
 
 def test_gate_yields_at_once_and_resumes_after_a_clear_spell():
@@ -94,7 +94,7 @@ def test_vram_unavailable_turns_the_check_off_once():
 def test_nvml_probe_without_nvidia_ml_py_says_so(monkeypatch):
     monkeypatch.setitem(__import__("sys").modules, "pynvml", None)
     with pytest.raises(VramUnavailable, match="nvidia-ml-py is not installed"):
-        monitor.NvmlProbe().read()
+        gpu_monitor.NvmlProbe().read()
 
 
 def test_process_names_lists_this_process():
@@ -102,7 +102,7 @@ def test_process_names_lists_this_process():
 
     import psutil
 
-    assert psutil.Process(os.getpid()).name() in monitor.process_names()
+    assert psutil.Process(os.getpid()).name() in gpu_monitor.process_names()
 
 
 @pytest.mark.parametrize("platform, environ, expected", [
@@ -110,7 +110,7 @@ def test_process_names_lists_this_process():
     ("win32", {}, True), ("darwin", {}, True),
 ])
 def test_has_display(platform, environ, expected):
-    assert monitor.has_display(platform, environ) is expected
+    assert gpu_monitor.has_display(platform, environ) is expected
 
 
 @pytest.mark.parametrize("mode, display, enabled", [
@@ -118,7 +118,7 @@ def test_has_display(platform, environ, expected):
 ])
 def test_config_auto_is_on_with_a_display(mode, display, enabled):
     def value(setting):
-        return mode if setting is monitor.MONITOR else setting.default
+        return mode if setting is gpu_monitor.MONITOR else setting.default
 
     got = MonitorConfig.read(value, display)
     assert got.enabled is enabled and got.interval == 5.0 and got.resume_after == 30.0 and not got.keep_models
@@ -135,7 +135,7 @@ def test_nvml_probe_on_a_real_gpu_counts_this_process_as_its_own():
     except pynvml.NVMLError as exc:
         pytest.skip(f"no NVIDIA driver ({exc})")
     torch.cuda.init()
-    probe = monitor.NvmlProbe(index=torch.cuda.current_device())
+    probe = gpu_monitor.NvmlProbe(index=torch.cuda.current_device())
     before = probe.read()
     block = torch.ones(2 * GB, dtype=torch.uint8, device="cuda")
     torch.cuda.synchronize()
@@ -144,6 +144,6 @@ def test_nvml_probe_on_a_real_gpu_counts_this_process_as_its_own():
     assert before.free - after.free >= 1.9 * GB, "nvml sees the allocation"
     assert after.own - before.own >= 1.9 * GB, "and counts it as this process's own"
     assert abs((after.free + after.own) - (before.free + before.own)) < 0.2 * GB
-    assert monitor.vram_pressure(after, (after.free + after.own) / GB + 1, 0).startswith("free VRAM")
-    assert monitor.vram_pressure(after, (after.free + after.own) / GB - 1, 0) is None
+    assert gpu_monitor.vram_pressure(after, (after.free + after.own) / GB + 1, 0).startswith("free VRAM")
+    assert gpu_monitor.vram_pressure(after, (after.free + after.own) / GB - 1, 0) is None
     del block

@@ -1,11 +1,11 @@
-"""Unit tests for core.playback: paced playback on a fake clock, gaps, throttling, pruning."""
+"""Unit tests for core.window.playback: paced playback on a fake clock, gaps, throttling, pruning."""
 
 import threading
 
 import pytest
 
-from core import playback
-from core.playback import Player
+from core.window import playback
+from core.window.playback import Player
 
 FPS = 3.5
 T0 = 1000.0

@@ -1,11 +1,11 @@
-"""Unit tests for core.prompts: theme text format, rotation and time-of-day modifiers."""
+"""Unit tests for core.loop.prompts: theme text format, rotation and time-of-day modifiers."""
 
 import json
 
 import pytest
 
-from core import prompts
-from core.prompts import RotationState, Theme
+from core.loop import prompts
+from core.loop.prompts import RotationState, Theme
 
 # --- default themes -----------------------------------------------------------------------
 

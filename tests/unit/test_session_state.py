@@ -4,9 +4,9 @@ import os
 import pytest
 import torch
 
-from core import atomic
-from core.frames import frame_name
-from core.session import SessionError, SessionRegistry, strip_is_changed, validate_name
+from core import atomic_files
+from core.loop.frames import frame_name
+from core.loop.session import SessionError, SessionRegistry, strip_is_changed, validate_name
 
 
 @pytest.mark.parametrize("name", ["dream", "a", "Dream_2-x", "x" * 64])
@@ -45,12 +45,12 @@ def test_failed_commit_leaves_state_unchanged(tmp_path, monkeypatch):
     s = SessionRegistry(tmp_path).get("dream", create=True)
     s.commit_keyframe(torch.ones(1, 4, 2, 2), 1, 1, {})
     before = (tmp_path / "dream" / "state.json").read_bytes()
-    monkeypatch.setenv(atomic.FAULT_ENV, "before_replace:state.json:enospc")
+    monkeypatch.setenv(atomic_files.FAULT_ENV, "before_replace:state.json:enospc")
     with pytest.raises(OSError):
         s.commit_keyframe(torch.zeros(1, 4, 2, 2), 2, 11, {})
     assert s.iteration == 1 and torch.equal(s.prev_latent, torch.ones(1, 4, 2, 2))
     assert (tmp_path / "dream" / "state.json").read_bytes() == before
-    monkeypatch.delenv(atomic.FAULT_ENV)
+    monkeypatch.delenv(atomic_files.FAULT_ENV)
     reloaded = SessionRegistry(tmp_path).get("dream")
     assert reloaded.iteration == 1 and torch.equal(reloaded.prev_latent, torch.ones(1, 4, 2, 2))
 
@@ -103,24 +103,24 @@ def test_strip_is_changed_copies():
 
 def test_atomic_write_survives_failure(tmp_path, monkeypatch):
     target = tmp_path / "f.json"
-    atomic.atomic_write_json(target, {"v": 1})
-    monkeypatch.setenv(atomic.FAULT_ENV, "before_replace:f.json:enospc")
+    atomic_files.atomic_write_json(target, {"v": 1})
+    monkeypatch.setenv(atomic_files.FAULT_ENV, "before_replace:f.json:enospc")
     with pytest.raises(OSError, match="No space"):
-        atomic.atomic_write_json(target, {"v": 2})
+        atomic_files.atomic_write_json(target, {"v": 2})
     assert json.loads(target.read_text()) == {"v": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["f.json"], "temp file removed"
     with pytest.raises(ValueError):
-        atomic.atomic_write_json(tmp_path / "nan.json", {"v": float("nan")})
+        atomic_files.atomic_write_json(tmp_path / "nan.json", {"v": float("nan")})
 
 
 def test_atomic_link_points_at_same_inode(tmp_path):
     src = tmp_path / "frame.png"
     src.write_bytes(b"png")
-    atomic.atomic_link(src, tmp_path / "current.png")
+    atomic_files.atomic_link(src, tmp_path / "current.png")
     assert os.stat(tmp_path / "current.png").st_ino == src.stat().st_ino
     other = tmp_path / "frame2.png"
     other.write_bytes(b"png2")
-    atomic.atomic_link(other, tmp_path / "current.png")
+    atomic_files.atomic_link(other, tmp_path / "current.png")
     assert (tmp_path / "current.png").read_bytes() == b"png2"
 
 
@@ -183,7 +183,7 @@ def test_when_going_back_cannot_be_saved_the_newest_keyframe_stays(tmp_path, mon
     commit_with_frames(s, latents[:2])
     commit_with_frames(s, latents[2:], write_frames=False)
     before = (tmp_path / "dream" / "state.json").read_bytes()
-    monkeypatch.setenv(atomic.FAULT_ENV, "before_replace:state.json:enospc")
+    monkeypatch.setenv(atomic_files.FAULT_ENV, "before_replace:state.json:enospc")
     again = SessionRegistry(tmp_path).get("dream")
     assert again.iteration == 3 and torch.equal(again.prev_latent, latents[2])
     assert (tmp_path / "dream" / "state.json").read_bytes() == before

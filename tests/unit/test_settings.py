@@ -1,11 +1,11 @@
-"""core.settings: a ComfyUI setting, its environment override, its default."""
+"""core.server_settings: a ComfyUI setting, its environment override, its default."""
 
 from pathlib import Path
 
 import pytest
 
-from core import settings
-from core.settings import (MONITOR, MONITOR_INTERVAL, MONITOR_PROCESSES, RESUME_ON_START, SESSIONS_FOLDER,
+from core import server_settings
+from core.server_settings import (MONITOR, MONITOR_INTERVAL, MONITOR_PROCESSES, RESUME_ON_START, SESSIONS_FOLDER,
                            TORCH_THREADS, resolve, sessions_root)
 
 
@@ -62,7 +62,7 @@ def test_a_bad_value_warns_where_it_came_from_and_the_default_applies(setting, r
 
 
 def test_every_setting_has_a_dream_window_id_and_env_name():
-    every = [s for s in vars(settings).values() if isinstance(s, settings.Setting)]
+    every = [s for s in vars(server_settings).values() if isinstance(s, server_settings.Setting)]
     assert len(every) == 10
     assert all(s.id.startswith("DreamWindow.") and s.env.startswith("DREAM_WINDOW_") for s in every)
     assert len({s.id for s in every}) == len({s.env for s in every}) == len(every)
@@ -78,6 +78,6 @@ def test_sessions_root():
 
 def test_the_web_extension_registers_every_setting_with_its_env_override():
     js = (Path(__file__).resolve().parents[2] / "web" / "js" / "dream_window.js").read_text()
-    for setting in (s for s in vars(settings).values() if isinstance(s, settings.Setting)):
+    for setting in (s for s in vars(server_settings).values() if isinstance(s, server_settings.Setting)):
         entry = js[js.index(f'setting("{setting.id.removeprefix("DreamWindow.")}",'):]
         assert setting.env in entry[:entry.index("\n  setting(") if "\n  setting(" in entry else None]

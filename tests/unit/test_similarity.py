@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from core import similarity as sim
+from core.cache import similarity as sim
 
 
 def smooth_images(count, height=96, width=160, seed=0):

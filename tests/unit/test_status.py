@@ -1,13 +1,13 @@
-"""Unit tests for core.status: schema, key order, the Rainmeter regex, prompt truncation."""
+"""Unit tests for core.window.status: schema, key order, the Rainmeter regex, prompt truncation."""
 
 import json
 from datetime import datetime
 
 import pytest
 
-from core import status
-from core.playback import Player
-from core.status import CacheStats, SessionState
+from core.window import status
+from core.window.playback import Player
+from core.window.status import CacheStats, SessionState
 
 NOW = datetime(2025, 11, 15, 12, 30, 0)
 T0 = 1000.0

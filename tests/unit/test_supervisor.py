@@ -5,9 +5,9 @@ import asyncio
 import pytest
 import torch
 
-from core import supervisor as sup_mod
-from core.session import SessionRegistry
-from core.supervisor import Supervisor
+from core.loop import supervisor as sup_mod
+from core.loop.session import SessionRegistry
+from core.loop.supervisor import Supervisor
 from asyncrun import run_isolated as run
 
 PROMPT = {"4": {"class_type": "DreamWindowSession", "inputs": {"name": "s"}, "is_changed": [1.0]}}

@@ -1,10 +1,10 @@
-"""core.threads: when the pack frees a core for its frame writer."""
+"""core.accel.torch_threads: when the pack frees a core for its frame writer."""
 
 import os
 
 import pytest
 
-from core.threads import planned_threads, usable_cores
+from core.accel.torch_threads import planned_threads, usable_cores
 
 
 @pytest.mark.parametrize("current, cores, accelerated, setting, expected", [

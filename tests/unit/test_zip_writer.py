@@ -9,7 +9,7 @@ import zipfile
 
 import pytest
 
-from core.export import ZIP_CHUNK, write_session_zip
+from core.window.export import ZIP_CHUNK, write_session_zip
 
 
 def make_session(tmp_path, frames: int = 4):

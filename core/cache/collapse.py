@@ -48,8 +48,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .checks import choice, number, pair
 from .similarity import SimilarityStrategy
+from .tuning_values import choice, number, pair
 
 logger = logging.getLogger(__name__)
 

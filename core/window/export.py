@@ -21,7 +21,7 @@ from typing import BinaryIO, Callable, Sequence
 
 from PIL import Image
 
-from .session import LATENTS_PATTERN
+from ..loop.session import LATENTS_PATTERN
 
 FORMATS = {"webp": "image/webp", "mp4": "video/mp4"}
 MAX_FRAMES = 5000

@@ -4,7 +4,7 @@ Ties the cache store, the similarity strategy, the admission rule, the collapse 
 and the injection policy together per keyframe, in the original's order:
 
 * ``decide(k)`` — before keyframe ``k`` is made: warm-up, rate update from the last
-  verdict, seed or cache injection (``core.injection``), drawn from a generator seeded by
+  verdict, seed or cache injection (``core.cache.injection``), drawn from a generator seeded by
   ``(rng_seed, k)`` so a run replays exactly. The decision moves a proposed copy of the
   policy state; ``commit(k)`` (when keyframe ``k`` is committed) makes it the loop's, so a
   keyframe that failed and is made again decides again from the same state, the same way.
@@ -30,14 +30,14 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
+from ..window.status import CacheStats
 from .admission import AdmissionPolicy
-from .cache_store import CacheStore, CacheStoreError, EmbeddingMismatchError
-from .checks import flag, per_metric
 from .collapse import CollapseDetector, CollapseResult
 from .injection import (ACTION_CACHE, ACTION_NONE, ACTION_SEED, InjectionConfig, InjectionDecision,
                         InjectionPolicy, blend_latents, choose_walk_target)
 from .similarity import SimilarityStrategy, mean_pairwise_similarity
-from .status import CacheStats
+from .store import CacheStore, CacheStoreError, EmbeddingMismatchError
+from .tuning_values import flag, per_metric
 
 log = logging.getLogger("dream_window")
 

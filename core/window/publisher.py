@@ -21,8 +21,8 @@ from typing import Callable
 
 from PIL import Image
 
-from .atomic import atomic_link, atomic_write_bytes
-from .frames import frames_on_disk, shown_frame, unplayed_run
+from ..atomic_files import atomic_link, atomic_write_bytes
+from ..loop.frames import frames_on_disk, shown_frame, unplayed_run
 from .playback import Frame, Player
 from .status import status_json_bytes
 

@@ -11,7 +11,7 @@ The folder names and the index keys ``cache_id``, ``prompt``, ``generation_param
 follow the original (``docs/design.md`` §9). Differences: embeddings and latents
 live in safetensors instead of JSON lists, ids are unique (``<seq>-<uuid>``, the
 sequence number persisted in the index; the original's ids collided), every file is
-written atomically by :mod:`core.atomic` (temp file in the same folder, flush,
+written atomically by :mod:`core.atomic_files` (temp file in the same folder, flush,
 ``os.fsync``, ``os.replace``), and eviction is FIFO by insertion or redundancy-based. Each tensor
 file also carries its entry record in the safetensors metadata, so a lost or
 unreadable index is rebuilt from the tensor files. Nothing is ever pickled.
@@ -46,9 +46,9 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import save as save_safetensors
 
-from .atomic import atomic_write_bytes, remove_stale_temps
-from .frames import encode_png
-from .images import load_image
+from ..atomic_files import atomic_write_bytes, remove_stale_temps
+from ..loop.frames import encode_png
+from ..loop.seed_images import load_image
 from .similarity import SimilarityStrategy, images_to_uint8
 
 logger = logging.getLogger(__name__)

@@ -22,7 +22,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .atomic import atomic_write_bytes
+from ..atomic_files import atomic_write_bytes
 
 log = logging.getLogger("dream_window")
 

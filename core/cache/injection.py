@@ -41,9 +41,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .checks import flag, number, pair, per_metric
 from .collapse import ACTION_FORCE, ACTION_SCALE, CollapseResult
 from .similarity import SimilarityStrategy
+from .tuning_values import flag, number, pair, per_metric
 
 CACHE_BLEND_WEIGHT = 0.75
 SEED_BLEND_WEIGHT = 0.85

@@ -23,8 +23,8 @@ from types import MappingProxyType
 import numpy as np
 import torch
 
-from .checks import number, per_metric
 from .similarity import SimilarityStrategy
+from .tuning_values import number, per_metric
 
 ADMISSION_RULES = ("mean", "max", "mean+max", "always")
 COMBINE_LOGICS = ("all", "any")

@@ -6,7 +6,7 @@ copy to the CPU) waits at its barrier for the thread that lost its core. Measure
 H200 machine: such ops took 28-44 ms instead of under 1 ms while the writer encoded, and the
 dream loop ran 38.4 frames per second with 16 threads against 48.6 with 15
 (bench/recorded/h200-2026-11-26-threads/). Freeing a second core, for the cache worker
-(``core.background``, off by default), measured the same as one: 44.8 and 44.9 fps with the worker,
+(``core.cache.pending_jobs``, off by default), measured the same as one: 44.8 and 44.9 fps with the worker,
 45.5 and 45.7 without it, at 14 and 15 threads (bench/recorded/h200-2026-12-04-worker-threads/).
 """
 
@@ -22,7 +22,7 @@ MIN_CORES = 4
 
 
 def parse_setting(value) -> str:
-    """The torch threads setting (``core.settings.TORCH_THREADS``) as ``auto``, ``keep`` or a thread count."""
+    """The torch threads setting (``core.server_settings.TORCH_THREADS``) as ``auto``, ``keep`` or a thread count."""
     if value is None:
         return "auto"
     text = str(value).strip().lower() if isinstance(value, (str, int)) and not isinstance(value, bool) else "?"

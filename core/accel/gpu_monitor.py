@@ -19,7 +19,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping
 
-from .settings import (MONITOR, MONITOR_INTERVAL, MONITOR_KEEP_MODELS, MONITOR_MAX_OTHER_VRAM,
+from ..server_settings import (MONITOR, MONITOR_INTERVAL, MONITOR_KEEP_MODELS, MONITOR_MAX_OTHER_VRAM,
                        MONITOR_MIN_FREE_VRAM, MONITOR_PROCESSES, MONITOR_RESUME_AFTER, Setting)
 
 GB = 1024**3

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from . import threads
+from .accel import torch_threads
 
 TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
 FALSE_WORDS = frozenset({"0", "false", "no", "off", ""})
@@ -75,7 +75,7 @@ class Setting:
 
 
 RESUME_ON_START = Setting("DreamWindow.ResumeOnStart", "DREAM_WINDOW_RESUME_ON_START", False, parse_bool)
-TORCH_THREADS = Setting("DreamWindow.TorchThreads", "DREAM_WINDOW_TORCH_THREADS", "auto", threads.parse_setting)
+TORCH_THREADS = Setting("DreamWindow.TorchThreads", "DREAM_WINDOW_TORCH_THREADS", "auto", torch_threads.parse_setting)
 SESSIONS_FOLDER = Setting("DreamWindow.SessionsFolder", "DREAM_WINDOW_SESSIONS_FOLDER", "", parse_text)
 MONITOR = Setting("DreamWindow.Monitor.Enabled", "DREAM_WINDOW_MONITOR", "auto", parse_mode)
 MONITOR_PROCESSES = Setting("DreamWindow.Monitor.Processes", "DREAM_WINDOW_MONITOR_PROCESSES", (), parse_names)

@@ -25,7 +25,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
-from .atomic import atomic_write_bytes, atomic_write_json, remove_stale_temps
+from ..atomic_files import atomic_write_bytes, atomic_write_json, remove_stale_temps
 from .frames import frame_name
 
 log = logging.getLogger("dream_window")

@@ -184,7 +184,7 @@ def images_to_uint8(images: torch.Tensor) -> np.ndarray:
     """Convert an IMAGE batch to ``uint8 [B,H,W,3]`` exactly as ComfyUI's SaveImage does.
 
     ``clip(255 * x, 0, 255)`` then truncation, so an embedding of the in-memory image
-    equals the embedding the original computed from the saved PNG (``core.frames``
+    equals the embedding the original computed from the saved PNG (``core.loop.frames``
     rounds instead, which is fine for display but would shift histogram bins).
     """
     _check_images(images)
