@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.comfy_process import ComfyServer, REPO
+from tools.harness.comfy_process import ComfyServer, REPO
 from loop_helpers import TEST_PACKS
 
 ARTIFACTS = Path(os.environ.get("DW_TEST_ARTIFACTS", REPO / "test-artifacts"))

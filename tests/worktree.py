@@ -7,7 +7,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from harness.comfy_process import REPO
+from tools.harness.comfy_process import REPO
 
 
 def snapshot(dest: Path) -> list[str]:

@@ -5,9 +5,9 @@ from it, and every parallel CPU op (the uint8 conversion, the slerp batch, the d
 copy to the CPU) waits at its barrier for the thread that lost its core. Measured on a 16-core
 H200 machine: such ops took 28-44 ms instead of under 1 ms while the writer encoded, and the
 dream loop ran 38.4 frames per second with 16 threads against 48.6 with 15
-(bench/recorded/h200-2026-11-26-threads/). Freeing a second core, for the cache worker
+(tools/bench/recorded/h200-2026-11-26-threads/). Freeing a second core, for the cache worker
 (``core.cache.pending_jobs``, off by default), measured the same as one: 44.8 and 44.9 fps with the worker,
-45.5 and 45.7 without it, at 14 and 15 threads (bench/recorded/h200-2026-12-04-worker-threads/).
+45.5 and 45.7 without it, at 14 and 15 threads (tools/bench/recorded/h200-2026-12-04-worker-threads/).
 """
 
 from __future__ import annotations

@@ -160,7 +160,7 @@ class AestheticLoop:
     def analyses_in_background(self) -> bool:
         """Whether ``after_keyframe`` may run on a worker thread beside the next iteration: the
         strategy only uses the CPU and the tuning turned it on (off by default: on an H200 the loop
-        was 2% slower with the worker, 16% with torch on every core, bench/recorded/h200-2026-12-04-worker-threads)."""
+        was 2% slower with the worker, 16% with torch on every core, tools/bench/recorded/h200-2026-12-04-worker-threads)."""
         return self.background_analysis and self.store.strategy.cpu_only
 
     def rng(self, keyframe: int) -> np.random.Generator:

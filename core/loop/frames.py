@@ -126,7 +126,7 @@ def encode_png(frame: np.ndarray, level: int = 1, text: bytes = b"") -> bytes:
     between the header and the pixels.
 
     About twice as fast as Pillow's encoder at ``compress_level=1`` for the same file size on
-    dream frames (``bench/frame_encode.py``): less CPU taken from the sampler per frame written.
+    dream frames (``tools/bench/frame_encode.py``): less CPU taken from the sampler per frame written.
     """
     height, width, channels = frame.shape
     rows = np.ascontiguousarray(frame, dtype=np.uint8).reshape(height, width * channels)

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import sync_playwright
 
-from harness.chromium import CHROMIUM, CHROMIUM_ARGS
-from harness.comfy_process import NEWEST_FRONTEND, ComfyServer
+from tools.harness.chromium import CHROMIUM, CHROMIUM_ARGS
+from tools.harness.comfy_process import NEWEST_FRONTEND, ComfyServer
 from loop_helpers import TEST_PACKS
 PACK_MARKERS = ("dream_window", "dream-window", "viewer.mjs")
 """Text that ties a console message to the pack: its JS URL, its routes, its events."""
@@ -41,13 +41,13 @@ def comfy(frontend, comfy, artifacts):
     """The server whose frontend the browser tests run against.
 
     ``bundled`` is the shared end-to-end server; ``newest`` is a server of its own on the same ComfyUI,
-    serving the newest frontend (``harness/setup_frontend.sh``) with ``--front-end-root``.
+    serving the newest frontend (``tools/harness/setup_frontend.sh``) with ``--front-end-root``.
     """
     if frontend == "bundled":
         yield comfy
         return
     if not (NEWEST_FRONTEND / "index.html").is_file():
-        pytest.fail(f"{NEWEST_FRONTEND} is missing: run `bash harness/setup_frontend.sh` (with DW_FRONTEND_DIR "
+        pytest.fail(f"{NEWEST_FRONTEND} is missing: run `bash tools/harness/setup_frontend.sh` (with DW_FRONTEND_DIR "
                     "set as for the tests). The browser tests run against both frontends and never skip.")
     base = Path(tempfile.mkdtemp(prefix="dw-comfy-newest-"))
     server = ComfyServer(base, extra_packs=TEST_PACKS, args=("--front-end-root", str(NEWEST_FRONTEND))).start()
@@ -60,7 +60,7 @@ def comfy(frontend, comfy, artifacts):
 @pytest.fixture(scope="session")
 def browser():
     if not os.access(CHROMIUM, os.X_OK):
-        pytest.fail(f"{CHROMIUM} is missing: run `bash harness/setup_browser.sh` (apt-get install chromium). "
+        pytest.fail(f"{CHROMIUM} is missing: run `bash tools/harness/setup_browser.sh` (apt-get install chromium). "
                     "The browser tests are part of the suite and never skip.")
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)

@@ -12,7 +12,7 @@ from collections import Counter
 import pytest
 from PIL import Image
 
-from harness.comfy_process import PACK_NAME, REPO
+from tools.harness.comfy_process import PACK_NAME, REPO
 from browser_helpers import TAB_BUTTON, open_graph_editor, tab_button
 from test_window_routes import FPS, frame_file, start_playback
 

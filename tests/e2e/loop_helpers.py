@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from harness.comfy_process import REPO, TINY_SD15, load_api_workflow
+from tools.harness.comfy_process import REPO, TINY_SD15, load_api_workflow
 
 TEST_PACKS = {"dw_test_pack": REPO / "tests" / "fixtures" / "dw_test_pack"}
 

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from harness.comfy_process import TINY_CLIP_VISION
+from tools.harness.comfy_process import TINY_CLIP_VISION
 from loop_helpers import WHITELIST, captured, changed_fields, dream_workflow
 
 pytestmark = pytest.mark.e2e

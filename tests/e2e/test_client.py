@@ -6,10 +6,10 @@ import sys
 
 import pytest
 
-from harness.comfy_process import REPO, TINY_SD15
+from tools.harness.comfy_process import REPO, TINY_SD15
 
 pytestmark = pytest.mark.e2e
-CLIENT = [sys.executable, str(REPO / "client" / "dream_window_client.py")]
+CLIENT = [sys.executable, str(REPO / "tools" / "client" / "dream_window_client.py")]
 
 
 def client(comfy, *args):

@@ -12,7 +12,7 @@ import uuid
 
 import pytest
 
-from harness.comfy_process import ComfyServer
+from tools.harness.comfy_process import ComfyServer
 from loop_helpers import TEST_PACKS, dream_workflow
 
 pytestmark = pytest.mark.e2e

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from harness.comfy_process import REPO, TINY_SD15, ComfyServer, ensure_models, free_port
+from tools.harness.comfy_process import REPO, TINY_SD15, ComfyServer, ensure_models, free_port
 from loop_helpers import dream_workflow
 
 pytestmark = pytest.mark.e2e
@@ -124,7 +124,7 @@ def test_a_model_file_removed_mid_run_pauses_at_once(own_server):
 def test_iterations_flag_makes_exactly_that_many_keyframes(tmp_path):
     base = tmp_path / "demo"
     for n, total in ((2, 2), (1, 3)):  # a second run resumes the session and counts its N from there
-        done = subprocess.run([sys.executable, str(REPO / "harness" / "run_dream.py"), "--iterations", str(n),
+        done = subprocess.run([sys.executable, str(REPO / "tools" / "harness" / "run_dream.py"), "--iterations", str(n),
                                "--port", str(free_port()), "--base", str(base)],
                               capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stdout + done.stderr

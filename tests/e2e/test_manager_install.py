@@ -2,7 +2,7 @@
 repository served on 127.0.0.1, into a clean ComfyUI, which then loads the nodes, the web extension
 and the templates from `custom_nodes/dream-window` and runs the loop; torch is left as it was.
 
-The Manager runs in harness/setup_manager.sh's venv, layered on the harness venv: it pip-installs the
+The Manager runs in tools/harness/setup_manager.sh's venv, layered on the harness venv: it pip-installs the
 pack's requirements into that venv (all present already), never into the harness venv.
 """
 
@@ -18,7 +18,7 @@ import threading
 
 import pytest
 
-from harness.comfy_process import COMFYUI_DIR, HARNESS, REPO, ComfyServer, free_port
+from tools.harness.comfy_process import COMFYUI_DIR, HARNESS, REPO, ComfyServer, free_port
 from loop_helpers import dream_workflow
 from test_pack_loads import NODE_IDS
 from worktree import snapshot
@@ -81,7 +81,7 @@ def torch_fingerprint() -> dict:
 
 
 def test_cm_cli_installs_the_pack_from_git_into_a_clean_comfyui(tmp_path, git_url, artifacts):
-    assert MANAGER_PYTHON.exists(), f"ComfyUI-Manager missing at {MANAGER_PYTHON.parent}: run harness/setup_manager.sh"
+    assert MANAGER_PYTHON.exists(), f"ComfyUI-Manager missing at {MANAGER_PYTHON.parent}: run tools/harness/setup_manager.sh"
     comfyui = clean_comfyui(tmp_path / "ComfyUI")
     torch_before = torch_fingerprint()
     result = subprocess.run([str(MANAGER_PYTHON), "-m", "cm_cli", "install", git_url],

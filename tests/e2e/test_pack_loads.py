@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from harness.build_ui_workflow import has_control, input_specs, is_widget
-from harness.comfy_process import PACK_NAME, REPO
+from tools.harness.build_ui_workflow import has_control, input_specs, is_widget
+from tools.harness.comfy_process import PACK_NAME, REPO
 
 pytestmark = pytest.mark.e2e
 

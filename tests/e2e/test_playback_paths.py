@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from harness.comfy_process import ComfyServer
+from tools.harness.comfy_process import ComfyServer
 from loop_helpers import TEST_PACKS, dream_workflow, read_stream
 
 pytestmark = pytest.mark.e2e

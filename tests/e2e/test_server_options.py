@@ -11,7 +11,7 @@ import json
 import pytest
 from PIL import Image
 
-from harness.comfy_process import ComfyServer, ensure_models
+from tools.harness.comfy_process import ComfyServer, ensure_models
 from loop_helpers import dream_workflow
 
 pytestmark = pytest.mark.e2e

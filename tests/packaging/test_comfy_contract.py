@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.comfy_process import COMFYUI_DIR, HARNESS, REPO
+from tools.harness.comfy_process import COMFYUI_DIR, HARNESS, REPO
 
 ADAPTER_FILE = REPO / "nodes" / "comfy_adapter.py"
 BUNDLED = HARNESS / "ComfyUI"

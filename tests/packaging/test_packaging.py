@@ -13,7 +13,7 @@ import tomllib
 import zipfile
 from pathlib import Path
 
-from harness.comfy_process import COMFYUI_DIR, HARNESS, REPO
+from tools.harness.comfy_process import COMFYUI_DIR, HARNESS, REPO
 from worktree import snapshot
 
 COMFY_CLI = HARNESS / "cli-venv" / "bin" / "comfy"
@@ -122,7 +122,7 @@ def run_comfy_cli(command: str, cwd, tmp_path):
 
 
 def test_comfy_node_validate_passes(tmp_path):
-    assert COMFY_CLI.exists(), f"comfy-cli missing at {COMFY_CLI}: run harness/setup_comfyui.sh"
+    assert COMFY_CLI.exists(), f"comfy-cli missing at {COMFY_CLI}: run tools/harness/setup_comfyui.sh"
     result = run_comfy_cli("validate", REPO, tmp_path)
     output = result.stdout + result.stderr
     assert result.returncode == 0 and "All validation checks passed" in output, output
@@ -133,7 +133,7 @@ def test_comfy_node_validate_passes(tmp_path):
     assert result.returncode != 0, "validate must fail without a pyproject.toml"
 
 
-DEV_ONLY = ("tests", "bench", "harness", "client", ".ci", ".gitignore", ".comfyignore")
+DEV_ONLY = ("tests", "tools", ".ci", ".gitignore", ".comfyignore")
 
 
 def test_comfy_node_pack_ships_the_runtime_files_only(tmp_path):

@@ -6,8 +6,8 @@ import re
 
 from PIL import Image
 
-from harness.comfy_process import REPO
-from harness.make_readme_pictures import compose_strip, evenly_spaced
+from tools.harness.comfy_process import REPO
+from tools.harness.make_readme_pictures import compose_strip, evenly_spaced
 
 README = (REPO / "README.md").read_text()
 LINK = re.compile(r"(!?)\[[^\]]*\]\(([^)\s]+)\)")
@@ -18,7 +18,7 @@ MAX_PICTURE_BYTES = 300_000
 def test_readme_shows_the_script_made_pictures_before_install():
     first_screen = README.split("\n## ", 1)[0]
     pictures = {target for bang, target in LINK.findall(first_screen) if bang}
-    assert pictures == MADE_BY_SCRIPT, "the pictures above Install are the ones harness/make_readme_pictures.py makes"
+    assert pictures == MADE_BY_SCRIPT, "the pictures above Install are the ones tools/harness/make_readme_pictures.py makes"
     for target in pictures:
         size = (REPO / target).stat().st_size
         assert size < MAX_PICTURE_BYTES, f"{target} is {size} bytes"

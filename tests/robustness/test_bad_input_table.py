@@ -22,7 +22,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from harness.comfy_process import TINY_SD15
+from tools.harness.comfy_process import TINY_SD15
 from loop_helpers import dream_workflow
 
 pytestmark = pytest.mark.e2e

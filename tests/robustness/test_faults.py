@@ -31,7 +31,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from harness.comfy_process import ComfyServer
+from tools.harness.comfy_process import ComfyServer
 from loop_helpers import TEST_PACKS, dream_workflow, resume_point
 
 pytestmark = pytest.mark.e2e

@@ -25,7 +25,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from harness.comfy_process import REPO
+from tools.harness.comfy_process import REPO
 from loop_helpers import dream_workflow
 
 pytestmark = pytest.mark.e2e

@@ -1,6 +1,6 @@
-"""The soak (bench/soak.py), short: the loop's memory, history, files, cache and buffer stay bounded.
+"""The soak (tools/bench/soak.py), short: the loop's memory, history, files, cache and buffer stay bounded.
 
-The full run is ``python bench/soak.py`` (2,000 iterations); this one runs the same script for
+The full run is ``python tools/bench/soak.py`` (2,000 iterations); this one runs the same script for
 300 iterations with a small retention and cache (2 in-between frames per keyframe), so every
 bound is reached within 20 iterations and held for the rest of the run. The RSS slope is taken
 after a 100-iteration warm-up: with 40, a one-time +8 MB step of the allocator at iteration 60
@@ -15,7 +15,7 @@ import json
 
 import pytest
 
-from bench import soak
+from tools.bench import soak
 
 CI_ARGS = ["--iterations", "300", "--warmup", "100", "--frames", "2", "--retention", "48", "--capacity", "8",
            "--interval", "0.25", "--timeout", "400"]

@@ -1,4 +1,4 @@
-"""Benchmark options: bench/cache_scaling.py's, and the embedding rows it reports instead of
+"""Benchmark options: tools/bench/cache_scaling.py's, and the embedding rows it reports instead of
 zeros when a model cannot be measured; the newer benchmarks refuse nonsense parameters."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench import cache_scaling as bench
+from tools.bench import cache_scaling as bench
 
 
 def fake_comfy_tree(folder):
@@ -88,7 +88,7 @@ def test_open_clip_stand_in_is_measured_and_labelled_a_floor():
     assert real["skipped"] == "no local weights given (--open-clip-weights FILE)"
 
 
-BENCH = Path(__file__).resolve().parents[2] / "bench"
+BENCH = Path(__file__).resolve().parents[2] / "tools" / "bench"
 
 
 @pytest.mark.parametrize(("script", "args", "message"), [
