@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
+from helpers.dream_loop import TEST_PACKS
 from tools.harness.comfy_process import ComfyServer, REPO
-from loop_helpers import TEST_PACKS
 
 ARTIFACTS = Path(os.environ.get("DW_TEST_ARTIFACTS", REPO / "test-artifacts"))
 

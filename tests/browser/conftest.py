@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import sync_playwright
 
+from helpers.browser import Console
+from helpers.dream_loop import TEST_PACKS
 from tools.harness.chromium import CHROMIUM, CHROMIUM_ARGS
 from tools.harness.comfy_process import NEWEST_FRONTEND, ComfyServer
-from loop_helpers import TEST_PACKS
-PACK_MARKERS = ("dream_window", "dream-window", "viewer.mjs")
-"""Text that ties a console message to the pack: its JS URL, its routes, its events."""
+
 VIEWPORT = {"width": 1280, "height": 800}
 FRONTENDS = ("bundled", "newest")
 """The frontend ComfyUI ships (1.32.9 with 0.3.75), and the newest comfyui-frontend-package."""
@@ -66,32 +66,6 @@ def browser():
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield browser
         browser.close()
-
-
-class Console:
-    """Every console message and uncaught error of a page, as (kind, text, source URL)."""
-
-    def __init__(self, page):
-        self.entries: list[tuple[str, str, str]] = []
-        page.on("console", lambda m: self.entries.append((m.type, m.text, m.location.get("url", ""))))
-        page.on("pageerror", lambda e: self.entries.append(("pageerror", f"{e.name}: {e.message}\n{e.stack}", "")))
-
-    def problems(self) -> list[tuple[str, str, str]]:
-        """Errors, warnings and uncaught errors from the pack's own files, routes and events.
-
-        Other console errors (the frontend's 404s for an optional user.css or, on the newest frontend,
-        for a jobs API that ComfyUI 0.3.75 lacks, its blocked call to api.comfy.org, its own uncaught
-        start-up error, ...) are the frontend's own; they are kept in the log artifact.
-        """
-        return [entry for entry in self.entries if _is_problem(*entry)]
-
-    def save(self, path) -> None:
-        path.write_text("".join(f"[{kind}] {text} ({url})\n" for kind, text, url in self.entries))
-
-
-def _is_problem(kind: str, text: str, url: str) -> bool:
-    source = f"{text} {url}"  # an uncaught error's text holds its stack: the files it went through
-    return kind in ("error", "warning", "pageerror") and any(m in source.lower() for m in PACK_MARKERS)
 
 
 @pytest.fixture(scope="module")

@@ -12,9 +12,9 @@ from collections import Counter
 import pytest
 from PIL import Image
 
+from helpers.browser import TAB_BUTTON, open_graph_editor, tab_button
+from helpers.playback import FPS, frame_file, start_playback
 from tools.harness.comfy_process import PACK_NAME, REPO
-from browser_helpers import TAB_BUTTON, open_graph_editor, tab_button
-from test_window_routes import FPS, frame_file, start_playback
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e]
 

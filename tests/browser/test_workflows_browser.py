@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from browser_helpers import open_graph_editor
+from helpers.browser import open_graph_editor
 from tools.harness.comfy_process import REPO
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e]

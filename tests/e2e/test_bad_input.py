@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from loop_helpers import captured, dream_workflow
+from helpers.dream_loop import captured, dream_workflow
 
 pytestmark = pytest.mark.e2e
 

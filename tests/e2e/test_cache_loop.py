@@ -10,8 +10,8 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
+from helpers.dream_loop import WHITELIST, captured, changed_fields, dream_workflow
 from tools.harness.comfy_process import TINY_CLIP_VISION
-from loop_helpers import WHITELIST, captured, changed_fields, dream_workflow
 
 pytestmark = pytest.mark.e2e
 

@@ -7,7 +7,7 @@ import re
 import pytest
 import torch
 
-from loop_helpers import captured, dream_workflow
+from helpers.dream_loop import captured, dream_workflow
 
 pytestmark = pytest.mark.e2e
 

@@ -8,8 +8,8 @@ import time
 import pytest
 import torch
 
+from helpers.dream_loop import TEST_PACKS, WHITELIST, captured, changed_fields, dream_workflow, resume_point
 from tools.harness.comfy_process import ComfyServer
-from loop_helpers import TEST_PACKS, WHITELIST, captured, changed_fields, dream_workflow, resume_point
 
 N = 10  # the bundled workflow's interpolated frames per keyframe pair
 

@@ -13,7 +13,7 @@ import zipfile
 
 import pytest
 
-from loop_helpers import dream_workflow
+from helpers.dream_loop import dream_workflow
 
 pytestmark = pytest.mark.e2e
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from loop_helpers import dream_workflow
+from helpers.dream_loop import dream_workflow
 
 pytestmark = pytest.mark.e2e
 

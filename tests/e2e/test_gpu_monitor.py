@@ -12,8 +12,8 @@ import uuid
 
 import pytest
 
+from helpers.dream_loop import TEST_PACKS, dream_workflow
 from tools.harness.comfy_process import ComfyServer
-from loop_helpers import TEST_PACKS, dream_workflow
 
 pytestmark = pytest.mark.e2e
 

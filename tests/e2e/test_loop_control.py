@@ -12,8 +12,8 @@ import time
 
 import pytest
 
+from helpers.dream_loop import dream_workflow
 from tools.harness.comfy_process import REPO, TINY_SD15, ComfyServer, ensure_models, free_port
-from loop_helpers import dream_workflow
 
 pytestmark = pytest.mark.e2e
 

@@ -18,10 +18,9 @@ import threading
 
 import pytest
 
+from helpers.dream_loop import NODE_IDS, dream_workflow
+from helpers.worktree import snapshot
 from tools.harness.comfy_process import COMFYUI_DIR, HARNESS, REPO, ComfyServer, free_port
-from loop_helpers import dream_workflow
-from test_pack_loads import NODE_IDS
-from worktree import snapshot
 
 pytestmark = pytest.mark.e2e
 

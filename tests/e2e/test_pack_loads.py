@@ -6,14 +6,12 @@ import json
 
 import pytest
 
+from helpers.dream_loop import NODE_IDS
 from tools.harness.build_ui_workflow import has_control, input_specs, is_widget
 from tools.harness.comfy_process import PACK_NAME, REPO
 
 pytestmark = pytest.mark.e2e
 
-NODE_IDS = ["DreamWindowSession", "DreamWindowKeyframeSource", "DreamWindowInterpolate", "DreamWindowCommit",
-            "DreamWindowAutoQueue", "DreamWindowPrompts", "DreamWindowCache", "DreamWindowCudaGraph",
-            "DreamWindowLoadFrames"]
 FRONTEND_ONLY = {"Note", "MarkdownNote"}
 MODEL_COMBOS = {("CheckpointLoaderSimple", "ckpt_name"): "checkpoints", ("CLIPVisionLoader", "clip_name"): "clip_vision"}
 """Model inputs of the bundled workflows, with the models folder their files go in."""
@@ -115,7 +113,7 @@ def test_ui_workflow_matches_object_info_and_its_api_twin(comfy, name):
             assert rebuilt[nid]["inputs"][key] == value, (nid, key, rebuilt[nid]["inputs"][key], value)
 
 
-def test_bundled_api_workflow_defaults_are_the_originals():
+def test_bundled_api_workflow_has_the_documented_defaults():
     api = json.loads((REPO / "workflows" / "api" / "dream_window.json").read_text())
     assert api["1"]["class_type"] == "CheckpointLoaderSimple"
     src, sampler = api["5"]["inputs"], api["6"]["inputs"]

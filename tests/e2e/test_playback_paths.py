@@ -10,8 +10,8 @@ import time
 
 import pytest
 
+from helpers.dream_loop import TEST_PACKS, dream_workflow, read_stream
 from tools.harness.comfy_process import ComfyServer
-from loop_helpers import TEST_PACKS, dream_workflow, read_stream
 
 pytestmark = pytest.mark.e2e
 

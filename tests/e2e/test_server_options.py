@@ -11,8 +11,8 @@ import json
 import pytest
 from PIL import Image
 
+from helpers.dream_loop import dream_workflow
 from tools.harness.comfy_process import ComfyServer, ensure_models
-from loop_helpers import dream_workflow
 
 pytestmark = pytest.mark.e2e
 

@@ -9,44 +9,20 @@ import json
 import socket
 import struct
 import time
-import time
 
 import av
 import pytest
 from PIL import Image
 
 from core.window.publisher import Publisher
-from core.window.status import RAINMETER_STATUS_PATTERN, STATUS_KEYS
-from loop_helpers import dream_workflow, read_stream
+from core.window.status import STATUS_KEYS
+from helpers.dream_loop import dream_workflow, read_stream
+from helpers.playback import FPS, SIZE, frame_file, start_playback
+from helpers.rainmeter import RAINMETER_STATUS_PATTERN
 
 pytestmark = pytest.mark.e2e
 
-FPS = 8.0
-SIZE = 64
 JPEG_QUALITY = inspect.signature(Publisher.jpeg).parameters["quality"].default
-
-
-def playback_workflow(session: str, fps: float = FPS) -> dict:
-    """The test workflow with playback starting on the first frame at ``fps``.
-
-    A 2 s throttle target keeps the loop just ahead of playback: the backlog never reaches the
-    retention limit (no frame is pruned before it is played) and the CPU stays free for the rest.
-    """
-    wf = dream_workflow(session, size=SIZE)
-    wf["4"]["inputs"].update(fps=fps, min_buffer_seconds=0.0)
-    wf["10"]["inputs"]["buffer_target"] = 2.0
-    return wf
-
-
-def start_playback(comfy, session: str, fps: float = FPS) -> None:
-    """Queue ``session`` and wait until its first frame is played."""
-    comfy.queue(playback_workflow(session, fps))
-    comfy.wait_for(lambda: comfy.request("GET", f"/dream_window/frame/{session}")[0] == 200, timeout=90,
-                   what=f"{session} to play its first frame")
-
-
-def frame_file(comfy, session: str, index: int):
-    return comfy.base / "output" / "dream_window" / session / "frames" / f"frame_{index:08d}.png"
 
 
 def sha(data: bytes) -> str:

@@ -13,8 +13,8 @@ import tomllib
 import zipfile
 from pathlib import Path
 
+from helpers.worktree import snapshot
 from tools.harness.comfy_process import COMFYUI_DIR, HARNESS, REPO
-from worktree import snapshot
 
 COMFY_CLI = HARNESS / "cli-venv" / "bin" / "comfy"
 TORCH_LINE = re.compile(r"^\s*[\"']?torch(vision|audio)?\s*([<>=~!;\[].*)?[\"']?,?\s*$", re.IGNORECASE)

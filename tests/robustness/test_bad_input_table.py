@@ -22,8 +22,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from helpers.dream_loop import dream_workflow
 from tools.harness.comfy_process import TINY_SD15
-from loop_helpers import dream_workflow
 
 pytestmark = pytest.mark.e2e
 

@@ -31,8 +31,8 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
+from helpers.dream_loop import TEST_PACKS, dream_workflow, resume_point
 from tools.harness.comfy_process import ComfyServer
-from loop_helpers import TEST_PACKS, dream_workflow, resume_point
 
 pytestmark = pytest.mark.e2e
 

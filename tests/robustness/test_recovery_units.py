@@ -8,12 +8,12 @@ import json
 import pytest
 import torch
 
-from asyncrun import run_isolated
 from core import atomic_files
+from core.cache.similarity import get_strategy
 from core.cache.store import CacheStore
 from core.loop.session import SessionError, SessionRegistry
-from core.cache.similarity import get_strategy
 from core.loop.supervisor import Supervisor
+from helpers.asyncrun import run_isolated
 
 
 def test_fault_rules_match_patterns_and_count_hits(monkeypatch):

@@ -25,8 +25,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from helpers.dream_loop import dream_workflow
 from tools.harness.comfy_process import REPO
-from loop_helpers import dream_workflow
 
 pytestmark = pytest.mark.e2e
 

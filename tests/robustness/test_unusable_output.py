@@ -12,7 +12,7 @@ import json
 import pytest
 from safetensors.torch import load_file
 
-from loop_helpers import dream_workflow
+from helpers.dream_loop import dream_workflow
 
 pytestmark = pytest.mark.e2e
 

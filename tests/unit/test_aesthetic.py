@@ -8,9 +8,9 @@ import torch
 
 from core import atomic_files
 from core.cache.aesthetic_loop import TUNING_KEYS, AestheticLoop
-from core.cache.store import CacheStore
 from core.cache.injection import InjectionDecision
 from core.cache.similarity import get_strategy
+from core.cache.store import CacheStore
 
 FORCE = {"warmup_keyframes": 0, "injection_probability": 1.0, "injection_cooldown": 0,
          "windows": {"cosine": [-1.0, 1.0]}}

@@ -8,7 +8,7 @@ import torch
 from core.loop import supervisor as sup_mod
 from core.loop.session import SessionRegistry
 from core.loop.supervisor import Supervisor
-from asyncrun import run_isolated as run
+from helpers.asyncrun import run_isolated as run
 
 PROMPT = {"4": {"class_type": "DreamWindowSession", "inputs": {"name": "s"}, "is_changed": [1.0]}}
 

@@ -8,8 +8,8 @@ import torch
 
 from core.cache.aesthetic_loop import AestheticLoop
 from core.cache.pending_jobs import PendingJobs
-from core.cache.store import CacheStore
 from core.cache.similarity import get_strategy
+from core.cache.store import CacheStore
 
 FORCE = {"warmup_keyframes": 0, "injection_probability": 1.0, "injection_cooldown": 0}
 WIDE = {"dual_metric": {"color": [0.0, 3.0], "struct": [0.0, 1.0]}, "latent_pool": {"cosine": [-1.0, 1.0]}}

@@ -1,8 +1,8 @@
-"""Building test variants of the bundled API workflow (only whitelisted fields change)."""
+"""Test variants of the bundled API workflow (only whitelisted fields change), what a loop wrote (captured
+latents, where a restart resumes) and its frame stream."""
 
 from __future__ import annotations
 
-import copy
 import json
 import time
 import urllib.request
@@ -13,6 +13,10 @@ from safetensors.torch import load_file
 
 from tools.harness.comfy_process import REPO, TINY_SD15, load_api_workflow
 
+NODE_IDS = ["DreamWindowSession", "DreamWindowKeyframeSource", "DreamWindowInterpolate", "DreamWindowCommit",
+            "DreamWindowAutoQueue", "DreamWindowPrompts", "DreamWindowCache", "DreamWindowCudaGraph",
+            "DreamWindowLoadFrames"]
+"""The pack's nodes, by node id."""
 TEST_PACKS = {"dw_test_pack": REPO / "tests" / "fixtures" / "dw_test_pack"}
 
 # Fields a test may change in the bundled workflow; everything else must stay as shipped.
@@ -62,10 +66,6 @@ def changed_fields(wf: dict, name: str = "dream_window") -> set[tuple[str, str]]
 def captured(output: Path, capture: str, kind: str) -> list[torch.Tensor]:
     files = sorted((output / capture).glob(f"{kind}_*.latent"))
     return [load_file(str(f))["latent_tensor"] for f in files]
-
-
-def clone(wf: dict) -> dict:
-    return copy.deepcopy(wf)
 
 
 def resume_point(session_folder: Path) -> tuple[int, torch.Tensor | None, bool]:
