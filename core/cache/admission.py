@@ -1,14 +1,13 @@
 """Cache admission: which keyframes and interpolation midpoints enter the cache.
 
-The original's rule (``docs/design.md`` §10) compares a new frame with *every*
+The ``"mean"`` rule (the default, ``docs/design.md`` §10) compares a new frame with *every*
 cached entry and admits it when the **mean** similarity is below a per-metric
 threshold (colour < 1.92, struct < 0.80), combining the metrics with ``"all"``
-(AND, the original's config) or ``"any"`` (OR). An empty cache always admits.
+(AND, the default) or ``"any"`` (OR). An empty cache always admits.
 
 Because a mean hides clusters, that rule lets near-duplicates of a single entry in;
-the ``"max"`` rule (planned by the original, never built) compares against the most
-similar entry instead, and ``"mean+max"`` requires both. ``"always"`` admits every
-frame (the original's ``population_mode: all``).
+the ``"max"`` rule compares against the most similar entry instead, and ``"mean+max"``
+requires both. ``"always"`` admits every frame.
 
 Thresholds are keyed by the strategy's metric names, so single-metric (cosine)
 strategies use one threshold and the dual metric two.
@@ -139,15 +138,6 @@ class AdmissionPolicy:
         verdict = "diverse" if accepted else "too similar"
         reason = f"{verdict} ({self.logic}: {', '.join(parts)})"
         return AdmissionDecision(accepted, reason, means, maxes)
-
-    def evaluate_embedding(
-        self, strategy: SimilarityStrategy, embedding: torch.Tensor, bank: torch.Tensor
-    ) -> AdmissionDecision:
-        """Compute the similarities of one embedding ``[D]`` to ``bank [M,D]`` and decide."""
-        if bank.shape[0] == 0:
-            return self.evaluate({metric: np.empty(0) for metric in self.mean_thresholds})
-        sims = strategy.metric_similarities(embedding.reshape(1, -1), bank)
-        return self.evaluate({metric: values[0] for metric, values in sims.items()})
 
 
 __all__ = [

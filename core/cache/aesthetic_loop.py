@@ -1,7 +1,7 @@
 """One session's aesthetic loop: what keeps the dream from collapsing into one look.
 
 Ties the cache store, the similarity strategy, the admission rule, the collapse detector
-and the injection policy together per keyframe, in the original's order:
+and the injection policy together per keyframe, in this order:
 
 * ``decide(k)`` — before keyframe ``k`` is made: warm-up, rate update from the last
   verdict, seed or cache injection (``core.cache.injection``), drawn from a generator seeded by
@@ -11,8 +11,8 @@ and the injection policy together per keyframe, in the original's order:
 * ``after_keyframe(...)`` — once keyframe ``k`` is committed: embed it and the pair's
   midpoint in one batch, admit each into the cache by the diversity rule, feed the
   detector (after warm-up), and keep the keyframe's similarities to the cache for the next
-  decision. An injected keyframe resets the detector before it is analysed (the original
-  resets right after the injection), so a forced injection's hold-off covers its verdict.
+  decision. An injected keyframe resets the detector before it is analysed, so a forced
+  injection's hold-off covers its verdict.
 
 Cache failures (a folder that cannot be written) are reported in the record and the loop
 goes on without caching; the detector and analysis live in memory (they warm up again

@@ -15,11 +15,10 @@ least 40 samples it compares the mean of the newest 20 with the mean of the olde
 Thresholds are per metric (dual metric: colour 0.15/0.30, struct 0.08/0.15), so a
 single-metric strategy simply has one.
 
-**Reset after an injection, and the fix.** The original trims all histories to the
-last 10 after every injection (``partial``), so 30 more keyframes are needed before
-40 samples exist again; with injections every ~7 keyframes the detector almost never
-runs (``docs/design.md`` §11). The policies ``none``, ``partial`` and
-``full`` are kept for parity; the default is the new ``window`` policy:
+**Reset after an injection.** ``partial`` trims all histories to the last 10 after every
+injection, so 30 more keyframes are needed before 40 samples exist again; with injections
+every ~7 keyframes the detector almost never runs (``docs/design.md`` §11). ``full``
+clears them and ``none`` keeps them; the default, ``window``, keeps the detector deciding:
 
 * the similarity histories are trimmed to the newest ``min_samples`` (40) values, so
   the detector keeps enough samples to decide on the very next keyframe, and its
@@ -140,7 +139,7 @@ class CollapseDetector:
             or ``"none"``; see the module doc.
         keep_recent: history kept by ``partial``; force hold-off length of ``window``.
 
-        The history sizes are the original's: :data:`HISTORY_SIZE` embeddings,
+        The history sizes: :data:`HISTORY_SIZE` embeddings,
         :data:`SIMILARITY_HISTORY_SIZE` samples per metric, one sample per :data:`PAIR_WINDOW`
         embeddings, a verdict from :data:`MIN_SAMPLES` samples comparing means of
         :data:`COMPARE_WINDOW`.
@@ -178,7 +177,7 @@ class CollapseDetector:
 
     @property
     def frames_analyzed(self) -> int:
-        """Embeddings currently held (the original's ``frames_analyzed``)."""
+        """Embeddings currently held (``collapse_frames_analyzed`` in ``status.json``)."""
         return len(self._embeddings)
 
     def analyze(self, embedding: torch.Tensor) -> CollapseResult:

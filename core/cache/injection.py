@@ -1,7 +1,7 @@
 """Injection policy (``docs/design.md`` §12): when to re-introduce a cached frame
 or a seed image into the loop, which one, and how to blend it in latent space.
 
-Decision for keyframe ``k`` (the one about to be made), in the original's order:
+Decision for keyframe ``k`` (the one about to be made), in this order:
 
 1. **Warm-up**: ``k <= warmup_keyframes`` (10): no injection (the caller must not feed
    the collapse detector either; see :meth:`InjectionPolicy.in_warmup`).
@@ -22,7 +22,7 @@ An empty cache never injects from the cache and never raises. Every random choic
 uses the ``numpy.random.Generator`` passed in, so a run can be replayed; the state
 (counters and windows) round-trips through a JSON-able dict.
 
-Bookkeeping follows the original: a decision without injection appends False to the
+Bookkeeping: a decision without injection appends False to the
 recent-decision window and a cache injection True, while a seed injection appends
 nothing; the last five injected cache ids are down-weighted (x0.1).
 
@@ -54,7 +54,7 @@ ACTION_SEED = "seed"
 
 @dataclass(frozen=True)
 class InjectionConfig:
-    """Policy parameters; defaults are the original's values (``docs/design.md`` §12).
+    """Policy parameters; the defaults are those of ``docs/design.md`` §12.
 
     Attributes:
         windows: per-metric open interval ``(lo, hi)`` of "related but different".
@@ -75,8 +75,7 @@ class InjectionConfig:
         recent_penalty: weight factor for a recently injected id.
         weight_sharpness: ``w = exp(weight_sharpness * score)``.
         prioritise_trigger: score only the metrics that triggered the collapse
-            verdict (the original's legacy path); False uses the max over all
-            metrics, as the original's live path always did.
+            verdict; False uses the max over all metrics.
         blend_weight: latent weight of a cached frame (for :func:`blend_latents`).
         seed_blend_weight: latent weight of a seed image.
     """
@@ -179,7 +178,7 @@ def dissimilarity_scores(
     """Window membership and dissimilarity score of every entry.
 
     An entry is in the window when ANY metric's similarity lies in its open interval.
-    Per metric, ``d = 1 - (s - lo) / (hi - lo)`` (not clipped, as in the original);
+    Per metric, ``d = 1 - (s - lo) / (hi - lo)`` (not clipped);
     the score is the max of ``d`` over ``priority`` metrics (all metrics when None).
 
     Returns:
@@ -529,7 +528,7 @@ class InjectionPolicy:
         )
 
     def stats(self) -> dict[str, Any]:
-        """Injection statistics (the original's keys plus the current rate)."""
+        """Injection statistics: counters, recent ids and the current rate."""
         state = self.state
         return {
             "total_cache_injections": state.total_cache_injections,

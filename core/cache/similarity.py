@@ -4,7 +4,7 @@ One interface, :class:`SimilarityStrategy`, with four implementations chosen per
 workflow by name through :func:`get_strategy`:
 
 ``dual_metric``
-    The original Dream Window metric (``docs/design.md`` §8): a 96-bin HSV
+    The default metric (``docs/design.md`` §8): a 96-bin HSV
     colour histogram compared by histogram intersection (0..3) and an 8x8 DCT
     perceptual hash compared by ``1 - Hamming/64`` (0..1). The embedding row is the
     96 histogram floats followed by the 64 hash bits (as 0.0/1.0).
@@ -53,7 +53,7 @@ PHASH_BITS = PHASH_SIZE * PHASH_SIZE
 DUAL_METRIC_DIMS = COLOR_DIMS + PHASH_BITS
 COLOR_REDUNDANCY_SCALE = 2.5
 """Colour divisor in the combined dual-metric score ``(color/2.5 + struct)/2``
-(the redundancy score proposed in the original's plans; ``docs/design.md`` §8)."""
+(the redundancy score; ``docs/design.md`` §8)."""
 LATENT_POOL_GRID = (4, 4)
 _NORM_EPS = 1e-8
 
@@ -85,8 +85,8 @@ DUAL_METRIC_DEFAULTS = StrategyDefaults(
     candidate_window=MappingProxyType({"color": (1.18, 2.05), "struct": (0.68, 0.92)}),
     collapse=MappingProxyType({"color": (0.15, 0.30), "struct": (0.08, 0.15)}),
 )
-"""The original's values (``docs/design.md`` §8). ``admission_max`` is new (the original
-only planned a max rule); its values are uncalibrated starting points."""
+"""The dual metric's thresholds (``docs/design.md`` §8). The ``admission_max`` values are
+uncalibrated starting points."""
 
 COSINE_DEFAULTS = StrategyDefaults(
     admission_mean=MappingProxyType({"cosine": 0.80}),
@@ -184,7 +184,7 @@ def images_to_uint8(images: torch.Tensor) -> np.ndarray:
     """Convert an IMAGE batch to ``uint8 [B,H,W,3]`` exactly as ComfyUI's SaveImage does.
 
     ``clip(255 * x, 0, 255)`` then truncation, so an embedding of the in-memory image
-    equals the embedding the original computed from the saved PNG (``core.loop.frames``
+    equals the embedding of the saved PNG (``core.loop.frames``
     rounds instead, which is fine for display but would shift histogram bins).
     """
     _check_images(images)
@@ -231,15 +231,6 @@ def phash_bits(rgbs: np.ndarray) -> np.ndarray:
     return low > np.median(low, axis=1, keepdims=True)
 
 
-def phash_hex(bits: np.ndarray | torch.Tensor) -> str:
-    """The 16-hex-digit string ``str(imagehash.phash(...))`` gives for 64 hash bits."""
-    flat = np.asarray(bits, dtype=np.float64).ravel()
-    if flat.size != PHASH_BITS:
-        raise ValueError(f"expected {PHASH_BITS} hash bits, got {flat.size}")
-    value = int("".join("1" if bit > 0.5 else "0" for bit in flat), 2)
-    return f"{value:0{PHASH_BITS // 4}x}"
-
-
 def histogram_intersection(query: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
     """``sum(min(q, b))`` for every pair, vectorised as ``(sum q + sum b - L1(q, b)) / 2``."""
     _check_pair(query, bank)
@@ -263,7 +254,7 @@ def _l2_normalise(vectors: torch.Tensor) -> torch.Tensor:
 
 
 class DualMetricStrategy(SimilarityStrategy):
-    """HSV colour histogram + pHash-8, the original's dual metric (``docs/design.md`` §8)."""
+    """HSV colour histogram + pHash-8, the dual metric (``docs/design.md`` §8)."""
 
     name = "dual_metric"
     needs_image = True
@@ -578,6 +569,5 @@ __all__ = [
     "open_clip_available",
     "open_clip_configs",
     "phash_bits",
-    "phash_hex",
     "strategy_class",
 ]

@@ -8,9 +8,8 @@ On-disk layout of one cache directory (a cache *name* maps to one directory)::
 
 The folder names and the index keys ``cache_id``, ``prompt``, ``generation_params``,
 ``timestamp``, ``image_path``, ``version``, ``last_updated`` and ``entry_count``
-follow the original (``docs/design.md`` §9). Differences: embeddings and latents
-live in safetensors instead of JSON lists, ids are unique (``<seq>-<uuid>``, the
-sequence number persisted in the index; the original's ids collided), every file is
+are those of ``docs/design.md`` §9. Embeddings and latents live in safetensors, ids are
+unique (``<seq>-<uuid>``, the sequence number persisted in the index), every file is
 written atomically by :mod:`core.atomic_files` (temp file in the same folder, flush,
 ``os.fsync``, ``os.replace``), and eviction is FIFO by insertion or redundancy-based. Each tensor
 file also carries its entry record in the safetensors metadata, so a lost or
@@ -375,7 +374,7 @@ class CacheStore:
         Args:
             directory: the cache folder (one per cache name).
             strategy: the similarity strategy; a cache holds one strategy's embeddings.
-            capacity: maximum number of entries (50 as in the original).
+            capacity: maximum number of entries (50 by default).
             eviction: ``"fifo"`` or ``"redundancy"``.
 
         Raises:
@@ -414,11 +413,6 @@ class CacheStore:
     def eviction(self) -> str:
         """The eviction policy."""
         return self._bank.eviction
-
-    @property
-    def embedding_dim(self) -> int | None:
-        """Size of the stored embeddings (None until the first entry)."""
-        return self._bank.dim
 
     def __len__(self) -> int:
         return len(self._bank)

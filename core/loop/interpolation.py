@@ -1,10 +1,9 @@
 """Interpolated frames between two keyframe latents.
 
-``slerp_batch`` is the original's global slerp (``docs/design.md`` §4): both latents are
-flattened into one vector, the directions are slerped and the magnitude is interpolated
-linearly. Unlike the original, every t is computed at once (no Python loop per frame) and
-the degenerate cases fall back to a plain lerp whenever ``sin ω`` is tiny, which covers
-near-parallel **and** antiparallel inputs (the original divided by ~0 for the latter).
+``slerp_batch`` is a global slerp (``docs/design.md`` §4): both latents are flattened into
+one vector, the directions are slerped and the magnitude is interpolated linearly. Every t is
+computed at once (no Python loop per frame), and the degenerate cases fall back to a plain
+lerp whenever ``sin ω`` is tiny, which covers near-parallel **and** antiparallel inputs.
 """
 
 from __future__ import annotations
@@ -14,7 +13,7 @@ import math
 import torch
 
 EPS = 1e-6
-"""Added to the norms before normalising (the original's ε)."""
+"""Added to the norms before normalising."""
 
 SIN_FALLBACK = 1e-4
 """Below this ``sin ω`` the slerp weights are ill-conditioned and lerp is used instead."""
@@ -39,7 +38,7 @@ def ease(u: torch.Tensor, easing: str) -> torch.Tensor:
 def frame_times(count: int, easing: str = "linear") -> torch.Tensor:
     """The ``count`` interpolation positions between two keyframes, endpoints excluded.
 
-    Linear spacing gives ``t_i = i / (count + 1)`` for ``i = 1..count`` like the original.
+    Linear spacing gives ``t_i = i / (count + 1)`` for ``i = 1..count``.
     """
     if count < 0:
         raise ValueError(f"frame count must be >= 0, got {count}")

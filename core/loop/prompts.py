@@ -29,7 +29,7 @@ what to change. ``format_themes`` writes this format back (always with explicit
 
 Rotation
 --------
-``RotationState`` reproduces the original's sequential rotation: each theme is
+``RotationState`` rotates the themes in order: each theme is
 used for ``rotation_interval`` (20) normal keyframes, then the next theme
 follows, wrapping around. An injected keyframe (cache or seed injection) does
 not consume a slot. ``peek`` tells which theme the next normal keyframe uses
@@ -40,9 +40,8 @@ keyframe once that is known.
 Time of day
 -----------
 With modifiers enabled, ``apply_time_of_day`` appends ``", <modifier>"`` chosen
-by the local hour from ``TIME_OF_DAY_MODIFIERS`` (half-open hour ranges, as in
-the original); hours outside every range get ``NIGHT_MODIFIER``. The original's
-``system_based`` modifiers were never implemented and are not offered here.
+by the local hour from ``TIME_OF_DAY_MODIFIERS`` (half-open hour ranges); hours
+outside every range get ``NIGHT_MODIFIER``.
 """
 
 from __future__ import annotations
@@ -54,7 +53,7 @@ from datetime import datetime
 from typing import Any
 
 DEFAULT_ROTATION_INTERVAL = 20
-"""Normal keyframes per theme before rotating to the next one (original config)."""
+"""Normal keyframes per theme before rotating to the next one."""
 
 
 @dataclass(frozen=True)
@@ -111,7 +110,7 @@ DEFAULT_THEMES: tuple[Theme, ...] = (
         ),
     ),
 )
-"""The original's four theme pairs (config.yaml ``prompts.theme_pairs``), verbatim."""
+"""The four default theme pairs (``docs/design.md`` §14)."""
 
 _SEPARATOR = re.compile(r"-{3,}")
 _FIELD = re.compile(r"(positive|negative)\s*:(.*)", re.IGNORECASE)
@@ -287,7 +286,7 @@ TIME_OF_DAY_MODIFIERS: tuple[tuple[int, int, str], ...] = (
     (17, 20, "twilight, golden hour lighting"),
     (20, 23, "evening atmosphere, deep shadows"),
 )
-"""(start hour inclusive, end hour exclusive, modifier), from the original prompt manager."""
+"""(start hour inclusive, end hour exclusive, modifier)."""
 
 NIGHT_MODIFIER = "midnight atmosphere, deep darkness"
 """Modifier for the hours no range covers (23:00 to 04:59)."""

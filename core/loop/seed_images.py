@@ -33,7 +33,7 @@ def load_image(path: Path) -> torch.Tensor:
 
 
 def fit_image(image: torch.Tensor, width: int, height: int) -> torch.Tensor:
-    """Resize an IMAGE batch to ``width``×``height`` with Lanczos and no crop (the original's rule)."""
+    """Resize an IMAGE batch to ``width``×``height`` with Lanczos and no crop."""
     if image.shape[1] == height and image.shape[2] == width:
         return image[..., :3]
     out = []

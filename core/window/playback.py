@@ -14,9 +14,8 @@ Playback rules
 --------------
 * **Start.** Playback starts on the first tick at which at least
   ``start_frames`` contiguous frames are ready from the play pointer:
-  ``ceil(min_buffer_seconds * fps)``, default 10 s at 3.5 fps = 35 frames. Unlike
-  the original, ``min_buffer_seconds`` is not silently clamped to [5, 10] s; any
-  value >= 0 is honoured (0 starts on the first frame), except that it is capped
+  ``ceil(min_buffer_seconds * fps)``, default 10 s at 3.5 fps = 35 frames. Any
+  ``min_buffer_seconds`` >= 0 is honoured (0 starts on the first frame), except that it is capped
   at the throttle target so the throttle can never hold the producer before
   playback can start. ``force_start`` (the producer stopped: the loop was stopped,
   paused, or reached its limit) starts with whatever is ready and plays it to the
@@ -34,7 +33,7 @@ Playback rules
   re-anchored at that moment: frame ``k`` is shown now and ``k + j`` at
   ``now + j / fps``, so a stall never causes a catch-up burst. A frame shown
   less than one interval late (ordinary tick jitter) keeps the schedule.
-  Playback resumes as soon as the next frame is ready, as in the original; there
+  Playback resumes as soon as the next frame is ready; there
   is no re-buffer threshold after a gap. While the producer is stopped nothing is
   awaited: a player that has shown every frame it has is not buffering.
 * **Throttle.** ``should_hold_next_iteration`` is true while
@@ -56,13 +55,13 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 DEFAULT_FPS = 3.5
-"""Playback frame rate (original ``target_interpolation_fps``)."""
+"""Playback frame rate, in frames per second."""
 
 DEFAULT_TARGET_SECONDS = 30.0
-"""Throttle target in seconds of buffered frames (original ``buffer_target_seconds``)."""
+"""Throttle target in seconds of buffered frames."""
 
 DEFAULT_MIN_BUFFER_SECONDS = 10.0
-"""Buffered seconds needed before playback starts (original ``min_buffer_seconds``)."""
+"""Buffered seconds needed before playback starts."""
 
 DEFAULT_KEEP_PLAYED = 8
 """Number of most recently played frames kept in memory."""

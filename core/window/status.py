@@ -1,14 +1,12 @@
-"""The ``status.json`` document: one merged schema in the original widget's key order.
+"""The ``status.json`` document: one schema, in the key order the Rainmeter widget reads.
 
-The original had two writers with disjoint schemas (controller and daemon) that
-overwrote each other, so the Rainmeter widget's regex, which needs keys from
-both in one order, never matched. ``build_status`` writes a single document
-holding every controller key, every daemon key and the new fields, ordered so
-``RAINMETER_STATUS_PATTERN`` matches it (``STATUS_KEYS`` is the full order).
+``build_status`` writes a single document holding the controller keys, the daemon keys
+and the pack's own fields, ordered so the widget's regex, which needs keys of both in one
+order, matches it (``STATUS_KEYS`` is the full order; the tests hold the regex).
 
-Fixes over the original (``docs/design.md`` §15):
+What the fields mean (``docs/design.md`` §15):
 
-* ``buffer_target`` is ``target_seconds * fps`` frames (105 at defaults, not 120);
+* ``buffer_target`` is ``target_seconds * fps`` frames (105 at the defaults);
 * ``current_prompt`` is the real prompt, truncated to ``PROMPT_MAX_CHARS``;
 * ``status`` can be "paused" (and "buffering", "stopped", "error");
 * ``is_buffering`` means "waiting for frames" (initial fill or a gap), not
@@ -28,8 +26,8 @@ Mapping of the daemon-era keys inside ComfyUI, where there is no daemon:
 ``daemon_status`` is "running" and ``comfyui_status`` "ready" whenever the pack
 writes a status; ``controller_status`` follows the session state (generating,
 paused, stopped, error, interrupted); ``daemon_uptime_hours`` equals ``uptime_hours``; the
-restart counters stay 0. The original's VAE-lock fields are replaced by the
-timing fields ``keyframe_time``, ``batch_decode_time`` and ``fps_achieved``.
+restart counters stay 0. The timing fields are ``keyframe_time``, ``batch_decode_time``
+and ``fps_achieved``.
 
 Rainmeter constraints honoured: ``cache_size`` is always an integer (0 while the
 cache reports nothing), because the widget's ``([0-9]+)`` cannot match null;
@@ -44,7 +42,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -57,42 +54,10 @@ PROMPT_MAX_CHARS = 100
 """Longest ``current_prompt`` written; longer prompts end in ``...``."""
 
 NO_PROMPT = "generating..."
-"""``current_prompt`` before any prompt is known (the original's constant text)."""
+"""``current_prompt`` before any prompt is known."""
 
 NO_MODE = "idle"
-"""``current_mode`` before the session's first keyframe (the original's initial value)."""
-
-RAINMETER_KEYS: tuple[str, ...] = (
-    "frame_number",
-    "generation_time",
-    "status",
-    "current_mode",
-    "current_prompt",
-    "cache_size",
-    "uptime_hours",
-    "daemon_status",
-    "comfyui_status",
-    "controller_status",
-    "is_buffering",
-)
-"""The keys the Rainmeter widget captures, in the order its regex needs them."""
-
-RAINMETER_STATUS_REGEX = (
-    r'(?siU)"frame_number": ([0-9]+).*"generation_time": ([0-9.]+).*"status": "([^"]+).*'
-    r'"current_mode": "([^"]+).*"current_prompt": "([^"]+).*"cache_size": ([0-9]+).*'
-    r'"uptime_hours": ([0-9.]+).*"daemon_status": "([^"]+).*"comfyui_status": "([^"]+).*'
-    r'"controller_status": "([^"]+).*"is_buffering": (true|false)'
-)
-"""The ``RegExp`` of the original skin's ``MeasureStatusFile`` (PCRE), verbatim."""
-
-RAINMETER_STATUS_PATTERN = re.compile(
-    RAINMETER_STATUS_REGEX.replace("(?siU)", "(?si)").replace(".*", ".*?")
-)
-"""``RAINMETER_STATUS_REGEX`` for Python's ``re``, which has no ``U`` (ungreedy) flag.
-
-Only the ``.*`` between keys are made lazy; whether a text matches does not
-depend on greediness, and the greedy captures hold the whole values.
-"""
+"""``current_mode`` before the session's first keyframe."""
 
 STATUS_KEYS: tuple[str, ...] = (
     "frame_number",
@@ -135,7 +100,7 @@ STATUS_KEYS: tuple[str, ...] = (
     "buffer_target_seconds",
     "last_update",
 )
-"""Every key of ``status.json``, in order: the original controller keys with the
+"""Every key of ``status.json``, in order: the controller keys with the
 daemon keys merged in where the widget needs them, then the new fields."""
 
 
@@ -158,7 +123,7 @@ _STATUS_WORD = {
     SessionState.ERROR: "error",
     SessionState.INTERRUPTED: "interrupted",
 }
-"""``status`` for each state; "live" is the original's word for running."""
+"""``status`` for each state ("live" while running)."""
 
 _CONTROLLER_STATUS = {
     SessionState.RUNNING: "generating",
@@ -168,7 +133,7 @@ _CONTROLLER_STATUS = {
     SessionState.ERROR: "error",
     SessionState.INTERRUPTED: "interrupted",
 }
-"""``controller_status`` for each state, in the original daemon's vocabulary."""
+"""``controller_status`` for each state, in the widget's vocabulary."""
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Cache admission: the original's mean rule, its thresholds and logic, the max rule."""
+"""Cache admission: the mean rule, its thresholds and logic, the max rule."""
 
 import numpy as np
 import pytest
@@ -20,7 +20,13 @@ def sims(color, struct):
     return {"color": np.asarray(color, dtype=float), "struct": np.asarray(struct, dtype=float)}
 
 
-def test_defaults_are_the_original_config_values(dual):
+def similarities_to(strategy, embedding, bank):
+    """The similarities of one embedding ``[D]`` to ``bank [M,D]``, as the aesthetic loop hands them to
+    the admission rule (one row of ``strategy.metric_similarities``)."""
+    return {metric: values[0] for metric, values in strategy.metric_similarities(embedding.reshape(1, -1), bank).items()}
+
+
+def test_defaults_are_the_documented_values(dual):
     p = policy(dual)
     assert dict(p.mean_thresholds) == {"color": 1.92, "struct": 0.80}
     assert p.rule == "mean" and p.logic == "all"
@@ -30,7 +36,7 @@ def test_empty_cache_admits(dual):
     for rule in admission.ADMISSION_RULES:
         decision = policy(dual, rule=rule).evaluate(sims([], []))
         assert decision.accepted
-    d = policy(dual).evaluate_embedding(dual, torch.zeros(160), torch.zeros(0, 160))
+    d = policy(dual).evaluate(similarities_to(dual, torch.zeros(160), torch.zeros(0, 160)))
     assert d.accepted and d.reason == "cache is empty"
 
 
@@ -88,17 +94,17 @@ def test_single_metric_strategy_uses_one_threshold():
     assert not p.evaluate({"cosine": np.array([0.6, 0.5])}).accepted
 
 
-def test_evaluate_embedding_uses_the_strategy(dual):
+def test_admission_of_an_embedding_uses_the_strategy(dual):
     g = torch.Generator().manual_seed(0)
     images = torch.rand(5, 32, 48, 3, generator=g)
     emb = dual.embed_images(images)
     p = policy(dual, rule="mean+max")
-    decision = p.evaluate_embedding(dual, emb[0], emb[1:])
+    decision = p.evaluate(similarities_to(dual, emb[0], emb[1:]))
     expected = dual.metric_similarities(emb[:1], emb[1:])
     assert decision.mean["color"] == pytest.approx(expected["color"].mean().item(), abs=1e-6)
     assert decision.max["struct"] == pytest.approx(expected["struct"].max().item(), abs=1e-6)
     # Admitting a frame against a cache that already holds it: the max rule says no.
-    assert not policy(dual, rule="max").evaluate_embedding(dual, emb[0], emb).accepted
+    assert not policy(dual, rule="max").evaluate(similarities_to(dual, emb[0], emb)).accepted
 
 
 def test_admission_over_10000_entries():
@@ -106,7 +112,7 @@ def test_admission_over_10000_entries():
     bank = torch.nn.functional.normalize(torch.randn(10_000, 16), dim=1)
     query = bank[123]
     p = admission.AdmissionPolicy.for_strategy(pool, rule="mean+max")
-    decision = p.evaluate_embedding(pool, query, bank)
+    decision = p.evaluate(similarities_to(pool, query, bank))
     cos = (bank @ query).numpy()
     assert decision.mean["cosine"] == pytest.approx(float(cos.mean()), abs=1e-5)
     assert decision.max["cosine"] == pytest.approx(1.0, abs=1e-5)

@@ -52,7 +52,7 @@ def test_round_trip(tmp_path, pool):
     store = filled(tmp_path, pool, 4)
     reopened = cs.CacheStore(tmp_path, pool)
     assert reopened.ids == store.ids and reopened.skipped == ()
-    assert reopened.embedding_dim == 64 and len(reopened) == 4 and store.ids[0] in reopened
+    assert reopened.embeddings.shape[1] == 64 and len(reopened) == 4 and store.ids[0] in reopened
     torch.testing.assert_close(reopened.embeddings, store.embeddings)
     ids, matrix = reopened.snapshot()
     torch.testing.assert_close(matrix, store.embeddings)
@@ -96,7 +96,7 @@ def test_entries_without_image_or_latent(tmp_path, pool):
 def test_ids_are_unique_under_fast_adds_at_capacity(tmp_path, pool):
     store = cs.CacheStore(tmp_path, pool, capacity=5)
     ids = [store.add(unit(1, i + 1)).entry.cache_id for i in range(200)]
-    assert len(set(ids)) == 200  # the original's ids collided within one second
+    assert len(set(ids)) == 200  # ids made within one second stay unique
     assert len(store) == 5 and len(os.listdir(tmp_path / "tensors")) == 5
 
 

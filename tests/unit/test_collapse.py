@@ -1,5 +1,5 @@
 """Collapse detector: the algorithm of ``docs/design.md`` §11, thresholds and scale/force math, the reset
-policies, and the fix for the original's dormancy."""
+policies, and the window reset that keeps the detector deciding."""
 
 import json
 
@@ -140,7 +140,7 @@ def fed(reset_policy, frames=60):
     return d
 
 
-def test_reset_policies_of_the_original():
+def test_partial_full_and_none_reset_policies():
     partial = fed("partial")
     partial.reset_after_injection()
     assert partial.frames_analyzed == 10 and partial.trend()["color"].samples == 10
@@ -183,7 +183,7 @@ def count_verdicts(reset_policy):
     return verdicts
 
 
-def test_original_partial_reset_is_dormant_and_the_window_fix_is_not():
+def test_partial_reset_is_dormant_and_the_window_reset_is_not():
     assert count_verdicts("partial") == []
     verdicts = count_verdicts("window")
     assert len(verdicts) == 200 - 40

@@ -55,7 +55,7 @@ def fresh_state(config, **changes):
     return state
 
 
-def test_defaults_are_the_original_config_values(config):
+def test_defaults_are_the_documented_values(config):
     assert config.warmup_keyframes == 10 and config.injection_probability == 0.15
     assert config.injection_cooldown == 2 and config.seed_injection_cooldown == 2
     assert (
@@ -307,7 +307,7 @@ def test_state_round_trips_through_json(config):
     assert json.loads(json.dumps(a.stats()))["total_cache_injections"] > 0
 
 
-def test_blends_are_linear_with_the_original_weights():
+def test_blends_are_linear_with_the_default_weights():
     g = torch.Generator().manual_seed(0)
     cached, current, seed = (torch.randn(1, 4, 32, 64, generator=g) for _ in range(3))
     blended = injection.blend_latents(cached, current, injection.CACHE_BLEND_WEIGHT)

@@ -23,7 +23,7 @@ def due(k, t0=T0, k0=0):
 # --- start ----------------------------------------------------------------------------------
 
 
-def test_defaults_are_the_originals():
+def test_defaults_are_the_documented_values():
     player = Player()
     assert (player.fps, player.target_seconds) == (3.5, 30.0)
     assert player.start_frames == 35

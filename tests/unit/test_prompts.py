@@ -10,7 +10,7 @@ from core.loop.prompts import RotationState, Theme
 # --- default themes -----------------------------------------------------------------------
 
 
-def test_default_themes_are_the_originals_four_pairs_verbatim():
+def test_default_themes_are_the_four_documented_pairs():
     themes = prompts.DEFAULT_THEMES
     assert len(themes) == 4
     assert themes[0].positive == (
@@ -107,7 +107,7 @@ def test_format_round_trips_awkward_texts():
 # --- rotation -------------------------------------------------------------------------------
 
 
-def test_rotation_order_matches_the_original():
+def test_rotation_order_is_sequential():
     state = RotationState()
     used = [state.consume(4, 20) for _ in range(100)]
     assert used == [0] * 20 + [1] * 20 + [2] * 20 + [3] * 20 + [0] * 20

@@ -8,6 +8,7 @@ import pytest
 from core.window import status
 from core.window.playback import Player
 from core.window.status import CacheStats, SessionState
+from helpers import rainmeter
 
 NOW = datetime(2025, 11, 15, 12, 30, 0)
 T0 = 1000.0
@@ -40,13 +41,13 @@ def test_keys_and_order():
     document = build()
     assert tuple(document) == status.STATUS_KEYS
     assert len(set(status.STATUS_KEYS)) == len(status.STATUS_KEYS)
-    positions = [status.STATUS_KEYS.index(key) for key in status.RAINMETER_KEYS]
+    positions = [status.STATUS_KEYS.index(key) for key in rainmeter.RAINMETER_KEYS]
     assert positions == sorted(positions)
 
 
 def test_rainmeter_regex_matches_the_serialised_status():
     document = build(cache=CacheStats(cache_size=23, cache_injections=4))
-    match = status.RAINMETER_STATUS_PATTERN.search(status.status_json(document))
+    match = rainmeter.RAINMETER_STATUS_PATTERN.search(status.status_json(document))
     assert match is not None
     assert match.groups() == (
         "7", "2.123", "live", "hybrid", "black, white, ethereal digital angel", "23",
@@ -58,23 +59,23 @@ def test_rainmeter_regex_matches_the_serialised_status():
 @pytest.mark.parametrize("prompt", ["", 'say "hi" \\ ünïcode ✨', "x" * 500, "multi\nline\ttext"])
 def test_rainmeter_regex_matches_every_state_and_prompt(state, prompt):
     document = build(state=state, current_prompt=prompt, error_message="boom")
-    assert status.RAINMETER_STATUS_PATTERN.search(status.status_json(document))
+    assert rainmeter.RAINMETER_STATUS_PATTERN.search(status.status_json(document))
 
 
 def test_rainmeter_regex_rejects_a_wrong_key_order():
     document = build()
     reordered = {key: document[key] for key in status.STATUS_KEYS if key != "frame_number"}
     reordered["frame_number"] = document["frame_number"]
-    assert status.RAINMETER_STATUS_PATTERN.search(status.status_json(reordered)) is None
+    assert rainmeter.RAINMETER_STATUS_PATTERN.search(status.status_json(reordered)) is None
 
 
-def test_rainmeter_pattern_is_the_original_regex():
-    assert status.RAINMETER_STATUS_REGEX.startswith('(?siU)"frame_number": ([0-9]+).*"generation_time"')
-    assert status.RAINMETER_STATUS_REGEX.endswith('.*"is_buffering": (true|false)')
-    assert status.RAINMETER_STATUS_PATTERN.groups == len(status.RAINMETER_KEYS)
+def test_rainmeter_pattern_is_the_widget_regex():
+    assert rainmeter.RAINMETER_STATUS_REGEX.startswith('(?siU)"frame_number": ([0-9]+).*"generation_time"')
+    assert rainmeter.RAINMETER_STATUS_REGEX.endswith('.*"is_buffering": (true|false)')
+    assert rainmeter.RAINMETER_STATUS_PATTERN.groups == len(rainmeter.RAINMETER_KEYS)
 
 
-def test_buffer_fields_fix_the_original_target_bug():
+def test_buffer_target_is_target_seconds_times_fps():
     document = build()
     assert document["buffer_target"] == 105
     assert document["buffer_target_seconds"] == 30.0
@@ -184,7 +185,7 @@ def test_current_mode_is_the_mode_of_the_last_keyframe(mode):
 def test_current_mode_before_the_first_keyframe_is_idle_and_matches_the_widget():
     document = build(mode=None)
     assert document["current_mode"] == "idle"
-    assert status.RAINMETER_STATUS_PATTERN.search(status.status_json(document)).group(4) == "idle"
+    assert rainmeter.RAINMETER_STATUS_PATTERN.search(status.status_json(document)).group(4) == "idle"
 
 
 def test_interrupted_state_is_not_generating_nor_buffering():
