@@ -4,7 +4,7 @@ Measures, with synthetic embeddings:
 
 * **admission + candidate selection** per keyframe: the new keyframe's per-metric
   similarity to every cached entry (held in the cache store's in-memory
-  ``EmbeddingBank``), the admission rule (the original's mean rule), and the weighted
+  ``EmbeddingBank``), the admission rule (the default mean rule), and the weighted
   "related but different" draw - at cache sizes 50, 1,000 and 10,000 by default. The
   bank is built around the query so that a realistic share of entries falls inside the
   candidate window (the draw then has real work to do);

@@ -177,7 +177,7 @@ def import_comfy() -> str:
 
 def comfy_vae(state_dict: dict):
     """``comfy.sd.VAE`` from a state dict, resident on ComfyUI's device: fp16 on CUDA (the
-    original's dtype), fp32 on the CPU. Call ``import_comfy`` first."""
+    replaced controller's dtype), fp32 on the CPU. Call ``import_comfy`` first."""
     import comfy.model_management as mm
     import comfy.sd
     import torch

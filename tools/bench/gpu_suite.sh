@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU benchmark suite, one command on the lent GPU machine. By default the performance
 # issue's items (about 6 minutes with start-up): tools/bench/interp_path.py, loop_overhead.py,
-# vs_controller.py and memory.py at the original's settings (512x256, 10 steps, cfg 6,
+# vs_controller.py and memory.py at the replaced controller's settings (512x256, 10 steps, cfg 6,
 # euler/karras, denoise 0.2, N = 10 and 32; interp_path also N = 64) with the full SD1.5
 # architecture (random fp16 weights made at run time by tools/harness/make_tiny_models.py full_sd15 with
 # ComfyUI's own classes). Named on the command line instead: any of those and frame_encode,
@@ -43,7 +43,7 @@ log=$out/suite.log
 [ -f "$COMFYUI_DIR/main.py" ] || { echo "no ComfyUI at $COMFYUI_DIR: run bash tools/bench/prepare_gpu.sh here first" >&2; exit 2; }
 
 if [ $mode = gpu ]; then
-  # Each benchmark's defaults on CUDA / with --gpu are the original's settings.
+  # Each benchmark's defaults on CUDA / with --gpu are the replaced controller's settings.
   kinds=(full_sd15); ckpt=dream_window_full_sd15.safetensors; device=(--gpu)
   interp=(); loop=(); vs=(); mem=(); fps=(); enc=(); ops=(--repeats 15)
 else

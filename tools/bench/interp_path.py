@@ -1,12 +1,12 @@
 """Interpolation path: the pack's slerp + one batched VAE decode of N frames versus the
-original's per-frame path, same VAE, same device, in one process.
+replaced controller's per-frame path, same VAE, same device, in one process.
 
 * **batched** (the pack): ``core.loop.interpolation.interpolate`` of the two keyframe latents
   (on ComfyUI's intermediate device, where KSampler leaves them), ``VAE.decode`` of the whole
   batch (what the workflow's VAE Decode node does), ``core.loop.frames.to_uint8``. The PNG encode
   of each frame runs in the loop's frame writer thread, off the executor: it is shown apart
   and a second ratio includes it;
-* **original** (``docs/design.md`` §1.1, per interpolated frame, rebuilt in ``original.py``):
+* **original** (``docs/design.md`` §1.1, per interpolated frame, rebuilt in ``replaced_controller.py``):
   slerp parameters once per pair then one slerp call per frame on the device, one VAE decode
   per frame with post-processing to uint8 on the device and a host copy, a PNG encode
   (``compress_level=1``) and a PNG decode (the display's), in memory.
@@ -27,7 +27,7 @@ import argparse
 import sys
 from collections.abc import Callable
 
-import original
+import replaced_controller
 import torch
 from common import (
     comfy_vae,
@@ -89,15 +89,15 @@ def batched_path(vae, a: torch.Tensor, b: torch.Tensor, count: int) -> dict[str,
 
 
 def original_path(vae, a: torch.Tensor, b: torch.Tensor, count: int) -> dict[str, float]:
-    """The original's path for ``count`` frames; component times in ms summed over frames."""
+    """The replaced controller's path for ``count`` frames; component times in ms summed over frames."""
     def slerps() -> list[torch.Tensor]:
-        pair = original.SlerpPair.of(a, b)
-        return [original.slerp_frame(pair, t) for t in original.frame_times(count)]
+        pair = replaced_controller.SlerpPair.of(a, b)
+        return [replaced_controller.slerp_frame(pair, t) for t in replaced_controller.frame_times(count)]
 
     latents, slerp_ms = timed_ms(slerps, vae.device)
-    images, decode_ms = timed_ms(lambda: [original.decode_frame(vae, z) for z in latents], vae.device)
-    pngs, encode_ms = timed_ms(lambda: [original.png_encode(image) for image in images])
-    _, decode_png_ms = timed_ms(lambda: [original.png_decode(data) for data in pngs])
+    images, decode_ms = timed_ms(lambda: [replaced_controller.decode_frame(vae, z) for z in latents], vae.device)
+    pngs, encode_ms = timed_ms(lambda: [replaced_controller.png_encode(image) for image in images])
+    _, decode_png_ms = timed_ms(lambda: [replaced_controller.png_decode(data) for data in pngs])
     return {"slerp": slerp_ms, "decode": decode_ms, "png_encode": encode_ms, "png_decode": decode_png_ms}
 
 
@@ -115,7 +115,7 @@ def keyframes(vae, size: tuple[int, int], seed: int) -> tuple[torch.Tensor, torc
 def measure(vae, size: tuple[int, int], counts: list[int], repeats: int, seed: int) -> list[dict]:
     """Both paths at every N: per-frame medians of each component and of the totals."""
     a, b = keyframes(vae, size, seed)
-    a_dev, b_dev = (x.to(vae.device, vae.vae_dtype) * original.SCALE for x in (a, b))
+    a_dev, b_dev = (x.to(vae.device, vae.vae_dtype) * replaced_controller.SCALE for x in (a, b))
     paths: dict[str, Callable[[int], dict[str, float]]] = {
         "batched": lambda n: batched_path(vae, a, b, n),
         "original": lambda n: original_path(vae, a_dev, b_dev, n),

@@ -16,7 +16,7 @@ Dream and bare alternate in rounds; each round's first iteration is a warm-up (t
 first iteration is txt2img with no interpolation) and is left out.
 
 Prints the per-iteration table and the per-node table, writes ``tools/bench/results/loop_overhead.json``.
-Targets on a GPU at the original's settings: dream/bare <= 1.05x; the pack's nodes < 5 ms.
+Targets on a GPU at the replaced controller's settings: dream/bare <= 1.05x; the pack's nodes < 5 ms.
 
 Run: ``python tools/bench/loop_overhead.py`` (``--help`` for options; ``--gpu`` for a CUDA server).
 """
@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
             node_rows.append([c, r["frames"], fmt(cells[0]), fmt(cells[1])])
     print_table("per node per iteration (ms, median; device synchronised around each node; n/a = not in that "
                 "workflow)", ["node", "N", "dream", "bare"], node_rows)
-    print(f"targets on a GPU at the original's settings: dream/bare <= {TARGET_RATIO}x, "
+    print(f"targets on a GPU at the replaced controller's settings: dream/bare <= {TARGET_RATIO}x, "
           f"pack nodes < {TARGET_PACK_MS:g} ms")
     write_results(args.output, {"size": [w, h], "steps": args.steps, "checkpoint": args.checkpoint,
                                 "device": "cuda" if args.gpu else "cpu", "threads": args.threads, "rounds": args.rounds,

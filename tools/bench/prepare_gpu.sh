@@ -3,7 +3,7 @@
 # ComfyUI, Python 3.12 with torch but without ComfyUI's other requirements listed below):
 #   .whl/          wheels pip cannot fetch there: av (ComfyUI's V3 API imports it at module level),
 #                  torchsde + trampoline (the k-diffusion samplers import torchsde), websocket-client
-#                  (the original controller's websocket library, for tools/bench/vs_controller.py).
+#                  (the replaced controller's websocket library, for tools/bench/vs_controller.py).
 #                  av 18.1.0 is a cp311-abi3 wheel: it also installs on this machine's Python 3.11.
 #   .gpu/ComfyUI/  ComfyUI 0.3.75 stripped of tests and of the tokenizer data of other model
 #                  families (SD1.5's CLIP tokenizer, comfy/sd1_tokenizer, stays).

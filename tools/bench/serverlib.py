@@ -5,7 +5,7 @@
   synthesised tiny models or a given models folder, optionally with ``--front-end-root``
   (a server without the frontend package, as on the GPU machine).
 * ``dream_workflow`` / ``bare_workflow`` / ``controller_workflow``: the bundled dream workflow
-  with throttling off, the bare img2img workflow and the original controller's img2img graph,
+  with throttling off, the bare img2img workflow and the replaced controller's img2img graph,
   both with the dream's model, prompts, sampler settings and size.
 * ``run_dream`` / ``run_bare`` and ``iteration_stats`` / ``node_stats``: run them and turn
   the server-side prompt and node timings into per-iteration figures.
@@ -180,7 +180,7 @@ def bare_workflow(dream: dict, frames: int, seed: int) -> dict:
 
 
 def controller_workflow(dream: dict, image: str, seed: int) -> dict:
-    """The original controller's img2img graph (``docs/design.md`` §1.1, with core KSampler
+    """The replaced controller's img2img graph (``docs/design.md`` §1.1, with core KSampler
     for the third-party FSamplerAdvanced): LoadImage -> VAEEncode -> ``sampling_nodes`` ->
     VAEDecode -> SaveImage (prefix ``dream``)."""
     ckpt = node_id(dream, "CheckpointLoaderSimple")

@@ -1,9 +1,9 @@
-"""Loop versus the original controller: frames produced per second by the native loop and by
-a faithful re-creation of the original external controller, against the same ComfyUI server
+"""Loop versus the replaced controller: frames produced per second by the native loop and by
+a faithful re-creation of the replaced external controller, against the same ComfyUI server
 and model, at the same size and sampler settings.
 
-**Original controller** (``docs/design.md`` §1.1; ``requests`` and
-``websocket-client`` like the original), two threads as in its async pipeline:
+**Replaced controller** (``docs/design.md`` §1.1; ``requests`` and
+``websocket-client`` like the replaced controller), two threads as in its async pipeline:
 
 * keyframe loop, per keyframe: the source PNG (the seed: PNG encode with ``optimize=True``;
   afterwards the previous keyframe's downloaded PNG, size checked with ``PIL.open``),
@@ -11,13 +11,13 @@ and model, at the same size and sampler settings.
   KSampler -> VAEDecode -> SaveImage, a **new websocket per keyframe** opened after queueing
   and read until ``executed``/``execution_success``, ``GET /history/{id}`` (asked again while
   the prompt is not filed yet: ``executed`` comes first), ``GET /view``; the keyframe goes to
-  the interpolation queue (at most 10 waiting, as in the original);
+  the interpolation queue (at most 10 waiting, as in the replaced controller);
 * interpolation worker, per keyframe: PNG decode + local VAE encode of the keyframe, then for
   the pair (previous, new): the per-frame path of ``tools/bench/interp_path.py`` (per-frame slerp,
   one decode per frame, PNG encode, PNG decode), with its **own copy of the VAE** loaded from
-  the same checkpoint in the client process, like the original's second VAE.
+  the same checkpoint in the client process, like the replaced controller's second VAE.
 
-Left out, which only makes the original look faster: collapse detection and cache analysis
+Left out, which only makes the replaced controller look faster: collapse detection and cache analysis
 (4 more PNG decodes per keyframe), the display's PNG decode + encode per frame, disk writes.
 
 **Native loop**: the bundled dream workflow queued once, throttling off.
@@ -45,7 +45,7 @@ from concurrent.futures import ThreadPoolExecutor
 from itertools import pairwise
 
 import numpy as np
-import original
+import replaced_controller
 import serverlib as sl
 from common import (
     comfy_vae,
@@ -63,10 +63,10 @@ from common import (
 from PIL import Image
 
 QUEUE_MAX = 10
-"""The original InterpolationWorker's queue bound."""
+"""The replaced controller's interpolation queue bound (its InterpolationWorker)."""
 WS_RECV_TIMEOUT = 1.0
 GENERATION_TIMEOUT = 120.0
-"""The original's per-keyframe websocket wait (``performance.generation_timeout``)."""
+"""The replaced controller's per-keyframe websocket wait (``performance.generation_timeout``)."""
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -109,7 +109,7 @@ def multipart(field: str, filename: str, data: bytes) -> tuple[bytes, str]:
 
 
 class Controller:
-    """The original controller's keyframe loop and interpolation worker (module docstring)."""
+    """The replaced controller's keyframe loop and interpolation worker (module docstring)."""
 
     def __init__(self, server, dream: dict, vae, size: tuple[int, int], frames: int, tag: str):
         import requests
@@ -126,7 +126,7 @@ class Controller:
 
     def keyframe(self, source: bytes, index: int) -> bytes:
         """One keyframe round trip; returns the new keyframe's PNG bytes."""
-        if Image.open(io.BytesIO(source)).size != self.size:  # the original's size check (header only)
+        if Image.open(io.BytesIO(source)).size != self.size:  # the replaced controller's size check (header only)
             raise ValueError(f"keyframe {index} is not {self.size[0]}x{self.size[1]}")
         name = f"dw_ctrl_{self.tag}_{index:05d}.png"
         start = time.perf_counter()
@@ -150,7 +150,7 @@ class Controller:
 
     def history(self, prompt_id: str) -> dict:
         """``GET /history/{id}``, asked again while the entry is not there yet: ``executed``
-        (which the original accepts) comes before ComfyUI files the prompt in its history."""
+        (which the replaced controller accepts) comes before ComfyUI files the prompt in its history."""
         deadline = time.monotonic() + GENERATION_TIMEOUT
         while time.monotonic() < deadline:
             entry = self.http.get(f"{self.server.url}/history/{prompt_id}", timeout=10).json()
@@ -187,13 +187,14 @@ class Controller:
         """The worker: encode each keyframe once, then the N frames of each pair, frame by frame."""
         previous = None
         while (png := keyframes.get()) is not None:
-            latent = original.encode_keyframe(self.vae, png)
+            latent = replaced_controller.encode_keyframe(self.vae, png)
             if previous is not None:
-                pair = original.SlerpPair.of(previous, latent)
-                latents = [original.slerp_frame(pair, t) for t in original.frame_times(self.frames)]
-                images = [original.decode_frame(self.vae, z) for z in latents]
-                for data in [original.png_encode(image) for image in images]:
-                    original.png_decode(data)
+                pair = replaced_controller.SlerpPair.of(previous, latent)
+                latents = [replaced_controller.slerp_frame(pair, t)
+                           for t in replaced_controller.frame_times(self.frames)]
+                images = [replaced_controller.decode_frame(self.vae, z) for z in latents]
+                for data in [replaced_controller.png_encode(image) for image in images]:
+                    replaced_controller.png_decode(data)
                 self.pairs_done.append(time.perf_counter())
             previous = latent
 
@@ -261,8 +262,8 @@ def main(argv: list[str] | None = None) -> int:
         import websocket  # noqa: F401
         missing = None
     except ImportError as exc:
-        missing = f"the original's HTTP/websocket libraries are missing ({exc.name}): pip install requests " \
-                  f"websocket-client"
+        missing = f"the replaced controller's HTTP/websocket libraries are missing ({exc.name}): " \
+                  f"pip install requests websocket-client"
     results: dict = {"size": [w, h], "steps": args.steps, "checkpoint": args.checkpoint,
                      "device": "cuda" if args.gpu else "cpu", "client_device": device, "threads": args.threads,
                      "rows": []}

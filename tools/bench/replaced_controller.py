@@ -1,4 +1,4 @@
-"""The original controller's client-side steps (``docs/design.md`` §1.1), rebuilt for the
+"""The replaced controller's client-side steps (``docs/design.md`` §1.1), rebuilt for the
 side-by-side benchmarks (not used by the pack).
 
 * ``SlerpPair`` / ``slerp_frame``: the slerp parameters precomputed once per keyframe
@@ -7,7 +7,7 @@ side-by-side benchmarks (not used by the pack).
   post-process on the device to uint8 (truncating), copy to the host, make a PIL image;
 * ``encode_keyframe``: PNG decode, preprocess, VAE encode, times 0.18215;
 * ``png_encode`` / ``png_decode``: the frame's save (``compress_level=1``) and the display's
-  re-decode, in memory: the original also wrote each file to disk, which is left out.
+  re-decode, in memory: the replaced controller also wrote each file to disk, which is left out.
 
 The VAE is ComfyUI's (``comfy.sd.VAE``); its ``first_stage_model`` is called directly like the
 original's own diffusers copy, so ComfyUI's per-call bookkeeping is not charged to it.
@@ -23,14 +23,14 @@ import torch
 from PIL import Image
 
 EPS = 1e-6
-"""The original's ε (added to the norms; threshold of the near-parallel case)."""
+"""The replaced controller's ε (added to the norms; threshold of the near-parallel case)."""
 SCALE = 0.18215
-"""SD1.x latent scaling factor (the original kept its latents scaled)."""
+"""SD1.x latent scaling factor (the replaced controller kept its latents scaled)."""
 
 
 @dataclass(frozen=True)
 class SlerpPair:
-    """The per-pair precomputation of the original's slerp (``docs/design.md`` §4)."""
+    """The per-pair precomputation of the replaced controller's slerp (``docs/design.md`` §4)."""
 
     unit_a: torch.Tensor
     unit_b: torch.Tensor
@@ -50,7 +50,7 @@ class SlerpPair:
 
 
 def slerp_frame(pair: SlerpPair, t: float) -> torch.Tensor:
-    """One interpolated latent, as the original's precomputed path computes it."""
+    """One interpolated latent, as the replaced controller's precomputed path computes it."""
     magnitude = (1.0 - t) * pair.norm_a + t * pair.norm_b
     if pair.omega.abs() < EPS:
         out = ((1.0 - t) * pair.unit_a + t * pair.unit_b) * magnitude
@@ -61,7 +61,7 @@ def slerp_frame(pair: SlerpPair, t: float) -> torch.Tensor:
 
 
 def frame_times(count: int) -> list[float]:
-    """The original's ``t_i = i / (N + 1)``, ``i = 1..N``."""
+    """The replaced controller's ``t_i = i / (N + 1)``, ``i = 1..N``."""
     return [i / (count + 1) for i in range(1, count + 1)]
 
 
