@@ -11,7 +11,7 @@
 # Mako (the sqlite database is optional), pydantic*, kornia, spandrel (some comfy_extras nodes fail
 # to import, which ComfyUI logs and skips), open_clip_torch and ftfy (optional in the pack), the
 # frontend, template and docs packages (the server gets --front-end-root <empty folder>).
-# Both folders are git-ignored through .git/info/exclude; both travel with `carry: [".whl", ".gpu"]`.
+# Both folders are git-ignored through git's info/exclude; both travel with `carry: [".whl", ".gpu"]`.
 # Prints their sizes: everything that travels must stay under 64 MiB.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/../.." && pwd)
@@ -19,8 +19,10 @@ cd "$repo"
 WHEELS=(av==18.1.0 torchsde==0.2.6 trampoline==0.1.2 websocket-client==1.9.2)
 BUDGET_MIB=55
 
+exclude=$(git rev-parse --git-path info/exclude)  # the repository's, also from a linked worktree
+mkdir -p "$(dirname "$exclude")"
 for path in /.whl/ /.gpu/; do
-  grep -qxF "$path" .git/info/exclude || echo "$path" >> .git/info/exclude
+  grep -qxsF "$path" "$exclude" || echo "$path" >> "$exclude"
 done
 
 rm -rf .whl && mkdir -p .whl
