@@ -297,7 +297,7 @@ def unsafe_constructs(files: list[Path]) -> list[str]:
 
 def test_no_pickle_no_eval_in_the_pack():
     """Only safetensors and JSON are loaded; nothing evaluates code."""
-    files = sorted((REPO / "core").glob("*.py")) + sorted((REPO / "nodes").glob("*.py"))
+    files = sorted((REPO / "core").rglob("*.py")) + sorted((REPO / "nodes").rglob("*.py"))
     assert len(files) > 20
     assert unsafe_constructs(files) == []
 
