@@ -77,7 +77,7 @@ class LoopService:
         autoqueue = autoqueue_settings(prompt, name, SESSION_NODE, AUTOQUEUE_NODE)
         self.host.run_on_server_loop(live.attach, prompt_id, prompt, client_id, autoqueue, extra_pnginfo)
 
-    def iteration(self, live: LiveSession) -> Iteration:
+    def _iteration(self, live: LiveSession) -> Iteration:
         """The open iteration's record (a new one when a reset dropped it mid-iteration)."""
         memory = live.memory
         if memory.iteration is None:
@@ -98,7 +98,7 @@ class LoopService:
             rotation = prompts.RotationState.from_dict(live.session.rotation)
         theme = parsed[rotation.peek(len(parsed), interval)]
         positive = prompts.apply_time_of_day(theme.positive, enabled=time_of_day, hour=time.localtime().tm_hour)
-        self.iteration(live).prompt = PromptChoice(positive, len(parsed), interval)
+        self._iteration(live).prompt = PromptChoice(positive, len(parsed), interval)
         return positive, theme.negative
 
     # -- source ---------------------------------------------------------------------------
@@ -117,10 +117,9 @@ class LoopService:
             raise fail(SOURCE_NODE, "mode 'interpolate' walks between cached keyframes: wire a Dream Window "
                                     "Cache into 'cache'")
         live = self.sessions.get(name)
-        record = self.iteration(live)
-        with live.session.lock:
-            prev, iteration, walk_at = live.session.prev_latent, live.session.iteration, live.session.policy.get(
-                "walk_at")
+        record, session = self._iteration(live), live.session
+        with session.lock:
+            prev, iteration, walk_at = session.prev_latent, session.iteration, session.policy.get("walk_at")
         seed = (base_seed + iteration) % 2**32 if seed_mode == "sequence" else secrets.randbits(32)
         record.mode, record.decision, record.walk = mode, None, None
         loop = live.memory.cache_loop if cache is not None else None
@@ -244,7 +243,7 @@ class LoopService:
         """Interpolate: the frames between the previous keyframe and the new one (the sampled keyframe, or
         the walk's target), then the new one, as one latent batch."""
         live = self.sessions.get(name)
-        record = self.iteration(live)
+        record = self._iteration(live)
         record.sampled = record.now()
         if record.walking:
             new = record.walk.latent.to(self.host.intermediate_device(), torch.float32)
@@ -291,21 +290,21 @@ class LoopService:
         if session.iteration == 0 and images.shape[0] != 1:
             raise fail(COMMIT_NODE, f"the first iteration has no previous keyframe and must give 1 frame, got "
                                     f"{images.shape[0]}; wire the Interpolate node's output into VAE Decode")
-        record = self.iteration(live)
+        record = self._iteration(live)
         record.decoded = record.now()
         loop = live.memory.cache_loop if cache is not None else None
         if loop is not None:  # before the commit: an analysis failing here leaves the state as it was
             self._settle(live.memory, COMMIT_NODE)
             self._offer_to_cache(live, loop, record, latents, images)
-        first = self._record(live, record, loop, latents[-1:], int(seed), int(images.shape[0]))
+        first = self._persist(live, record, loop, latents[-1:], int(seed), int(images.shape[0]))
         live.committed()
         shown = writer.last_written
         writer.submit(first, to_uint8(images), frame_text)
         return shown
 
     @staticmethod
-    def _record(live: LiveSession, record: Iteration, loop: AestheticLoop | None, keyframe: torch.Tensor, seed: int,
-                frames: int) -> int:
+    def _persist(live: LiveSession, record: Iteration, loop: AestheticLoop | None, keyframe: torch.Tensor,
+                 seed: int, frames: int) -> int:
         """Persist the keyframe with the stats, rotation and policy state the iteration leads to; only then
         does the loop take its proposed policy state and the iteration close. Returns its first frame."""
         session = live.session
