@@ -6,13 +6,13 @@ import asyncio
 
 from ..core.server_settings import RESUME_ON_START
 from . import routes, settings
-from .accel_nodes import NODES as ACCEL_NODES
+from .accel import NODES as ACCEL_NODES
+from .cache import NODES as CACHE_NODES
 from .comfy_adapter import ComfyExtension
-from .cache_nodes import NODES as CACHE_NODES
-from .loop_nodes import NODES as LOOP_NODES
-from .window_nodes import NODES as WINDOW_NODES
+from .loop import NODES as LOOP_NODES
 from .monitor import MONITOR
-from .runtime import RUNTIME
+from .registry import SESSIONS
+from .window import NODES as WINDOW_NODES
 
 _registered = False
 
@@ -29,5 +29,5 @@ async def entrypoint() -> DreamWindowExtension:
         _registered = True
         MONITOR.start()
         if settings.value(RESUME_ON_START):
-            asyncio.get_running_loop().create_task(RUNTIME.resume_running())
+            asyncio.get_running_loop().create_task(SESSIONS.resume_interrupted())
     return DreamWindowExtension()

@@ -177,7 +177,7 @@ def _session_of(prompt: dict, class_type: str, name: str) -> bool:
 
 
 class ComfyBackend:
-    """``core.supervisor.LoopBackend`` for a live ComfyUI server."""
+    """``core.loop.supervisor.LoopBackend`` for a live ComfyUI server."""
 
     def __init__(self, session_class_type: str):
         self.session_class_type = session_class_type

@@ -1,4 +1,4 @@
-"""The GPU monitor in the ComfyUI process (one for all sessions; the logic is ``core.monitor``).
+"""The GPU monitor in the ComfyUI process (one for all sessions; the logic is ``core.accel.gpu_monitor``).
 
 Each check reads the settings again (a change in the settings dialog applies at the next check),
 runs the probes off the server loop, and yields or resumes: running sessions pause with the reason,
@@ -14,13 +14,14 @@ import dataclasses
 import logging
 import time
 
+from ..core.loop.live_session import LiveSessions
 from ..core.accel.gpu_monitor import Checker, MonitorConfig, YieldGate, has_display
 from ..core.loop.session import SessionError
-from ..core.loop.supervisor import ControlRefused
 from ..core.server_settings import MONITOR_INTERVAL
-from . import comfy_adapter as comfy
+from ..core.loop.supervisor import ControlRefused
+from . import comfy_adapter as adapter
 from . import settings
-from .runtime import RUNTIME, Runtime
+from .registry import SESSIONS
 
 log = logging.getLogger("dream_window")
 
@@ -29,18 +30,16 @@ FREE_POLL = 0.1
 
 
 class GpuMonitor:
-    def __init__(self, runtime: Runtime):
-        self.runtime = runtime
+    def __init__(self, sessions: LiveSessions):
+        self.sessions = sessions
         self.gate = YieldGate()
         self.checker = Checker(lambda message: log.warning("dream_window: GPU monitor: %s", message))
         self.config: MonitorConfig | None = None
         self.paused: set[str] = set()
-        self.resumed_at: dict[str, float] = {}
         self.checks = 0
         self.last_check: float | None = None
         self._task: asyncio.Task | None = None
         self._freeing: asyncio.Task | None = None
-        runtime.commit_hooks.append(self.committed)
 
     def start(self) -> None:
         """Run the checks on the server loop from now on (once per process)."""
@@ -56,7 +55,7 @@ class GpuMonitor:
             await asyncio.sleep(self.config.interval if self.config is not None else MONITOR_INTERVAL.default)
 
     async def check(self) -> None:
-        stored = comfy.stored_settings()
+        stored = adapter.stored_settings()
         config = MonitorConfig.read(lambda setting: settings.value(setting, stored), has_display())
         self.config = config
         reason = (await asyncio.get_running_loop().run_in_executor(None, self.checker.check, config)
@@ -72,11 +71,12 @@ class GpuMonitor:
     def yield_running(self, reason: str, config: MonitorConfig) -> None:
         """Pause every running session with ``reason`` (sessions started while yielding too)."""
         paused = []
-        for name in self.runtime.registry.names():
+        for name in self.sessions.names():
             try:
-                if self.runtime.session(name).state != "running":
+                live = self.sessions.get(name)
+                if live.session.state != "running":
                     continue
-                self.runtime.supervisor(name).set_state("paused", reason)
+                live.supervisor.set_state("paused", reason)
             except (SessionError, KeyError):
                 continue
             self.paused.add(name)
@@ -87,16 +87,16 @@ class GpuMonitor:
                  "" if config.keep_models else "; the models are unloaded once their iterations end")
         if not config.keep_models and (self._freeing is None or self._freeing.done()):
             self._freeing = asyncio.get_running_loop().create_task(self._free_when_idle())
-        comfy.send_event("dream_window.monitor", self.state())
+        adapter.send_event("dream_window.monitor", self.state())
 
     async def _free_when_idle(self) -> None:
         """Free ComfyUI's models once no prompt of a session is queued or running (none runs while yielding;
         a prompt queued before its session paused would load them again)."""
-        while self.gate.reason is not None and any(self.runtime.backend.session_queued(n)
-                                                   for n in self.runtime.registry.names()):
+        while self.gate.reason is not None and any(self.sessions.host.backend.session_queued(n)
+                                                   for n in self.sessions.names()):
             await asyncio.sleep(FREE_POLL)
         if self.gate.reason is not None:
-            comfy.free_models()
+            adapter.free_models()
             log.info("dream_window: GPU monitor: the sessions' last iterations ended; unloading the models")
 
     async def resume(self) -> None:
@@ -104,27 +104,22 @@ class GpuMonitor:
         names, self.paused = sorted(self.paused), set()
         resumed = []
         for name in names:
+            live = None
             try:
-                session = self.runtime.session(name)
-                if session.state != "paused" or session.paused_reason is None:
+                live = self.sessions.get(name)
+                if live.session.state != "paused" or live.session.paused_reason is None:
                     continue  # the user paused, stopped or started it meanwhile
-                self.resumed_at[name] = time.monotonic()
-                await self.runtime.supervisor(name).start()
+                live.resumed_at = time.monotonic()
+                await live.supervisor.start()
             except (SessionError, KeyError, ControlRefused, OSError) as exc:
-                self.resumed_at.pop(name, None)
+                if live is not None:
+                    live.resumed_at = None
                 log.error("dream_window[%s]: GPU monitor could not resume the session: %s", name, exc)
                 continue
             resumed.append(name)
         log.info("dream_window: GPU monitor: clear for %g s; resumed %s", self.config.resume_after,
                  ", ".join(resumed) or "no session")
-        comfy.send_event("dream_window.monitor", self.state())
-
-    def committed(self, name: str) -> None:
-        """A keyframe of ``name`` was committed: the first one after a resume says how long it took."""
-        resumed = self.resumed_at.pop(name, None)
-        if resumed is not None:
-            log.info("dream_window[%s]: first keyframe after yielding the GPU took %.1f s from the resume "
-                     "(models reloaded)", name, time.monotonic() - resumed)
+        adapter.send_event("dream_window.monitor", self.state())
 
     def state(self) -> dict:
         """``GET /dream_window/monitor`` and the ``dream_window.monitor`` event."""
@@ -140,9 +135,9 @@ class GpuMonitor:
             "last_check_ago": None if self.last_check is None else round(time.monotonic() - self.last_check, 2),
             "vram_check": ("off: " + self.checker.vram_off) if self.checker.vram_off else
                           ("on" if config and config.watches_vram else "not configured"),
-            "loaded_models": comfy.loaded_models(),
+            "loaded_models": adapter.loaded_models(),
             "config": dataclasses.asdict(config) if config else None,
         }
 
 
-MONITOR = GpuMonitor(RUNTIME)
+MONITOR = GpuMonitor(SESSIONS)

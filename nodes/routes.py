@@ -15,14 +15,13 @@ from pathlib import Path
 
 from aiohttp import web
 
+from ..core.window.export import FORMATS, export_frames, write_session_zip
 from ..core.loop.frames import FRAME_RE, frame_name
 from ..core.loop.session import SessionError, validate_name
 from ..core.loop.supervisor import ControlRefused
-from ..core.window.export import FORMATS, export_frames, write_session_zip
-from . import comfy_adapter as comfy
-from .caches import CACHES
+from . import comfy_adapter as adapter
 from .monitor import MONITOR
-from .runtime import RUNTIME
+from .registry import SESSIONS
 
 log = logging.getLogger("dream_window")
 
@@ -64,7 +63,7 @@ async def _session_from_body(request: web.Request):
     except SessionError as exc:
         return None, _error(400, f"{request.path}: {exc}")
     try:
-        known = RUNTIME.registry.exists(name)
+        known = SESSIONS.exists(name)
     except SessionError as exc:  # a planted link or a file where the session folder should be
         return None, _error(409, f"{request.path}: {exc}")
     if not known:
@@ -81,38 +80,37 @@ async def control(request: web.Request) -> web.Response:
     if name is None:
         return body
     try:
-        sup = RUNTIME.supervisor(name)
+        live = SESSIONS.get(name)
     except SessionError as exc:
         return _error(409, f"{request.path}: {exc}")
+    sup = live.supervisor
     result: dict = {"session": name}
     if action == "export":
         return await _export(request, name, body)
     if action == "delete":
-        if RUNTIME.session(name).state == "running":
+        if live.session.state == "running":
             return _error(409, f"{request.path}: session {name!r} is running; stop it first")
-        await asyncio.get_running_loop().run_in_executor(None, RUNTIME.forget, name)
+        await asyncio.get_running_loop().run_in_executor(None, SESSIONS.delete, name)
         return web.json_response({"session": name, "deleted": True})
     if action in ("start", "resume"):
         client_id = body.get("client_id")
         if client_id is not None and not isinstance(client_id, str):
             return _error(400, f"{request.path}: client_id must be a string")
-        writer = RUNTIME.writers.get(name)
-        if writer is not None:
-            writer.error = None  # a frame write error was reported; starting again is the fix the error names
+        live.clear_write_error()
         try:
             result["prompt_id"] = await sup.start(client_id)
         except ControlRefused as exc:
             return _error(409, f"{request.path}: {exc}")
     elif action == "pause":
         if not sup.set_state("paused"):
-            return _error(409, f"{request.path}: session {name!r} is {RUNTIME.session(name).state}; nothing to "
+            return _error(409, f"{request.path}: session {name!r} is {live.session.state}; nothing to "
                                f"pause (POST /dream_window/start runs it)")
     elif action == "stop":
         sup.set_state("stopped")
     else:
         sup.set_state("idle")
-        RUNTIME.reset(name)
-    result.update(RUNTIME.session(name).summary())
+        SESSIONS.reset(name)
+    result.update(live.session.summary())
     log.info("dream_window[%s]: %s", name, action)
     return web.json_response(result)
 
@@ -137,15 +135,16 @@ def _disk_bytes(folder: Path) -> int:
 
 async def sessions(request: web.Request) -> web.Response:
     listed = []
-    for name in RUNTIME.registry.names():
+    for name in SESSIONS.names():
         try:
-            entry = RUNTIME.session(name).summary()
+            live = SESSIONS.get(name)
         except (SessionError, KeyError) as exc:
-            entry = {"session": name, "state": "broken", "last_error": {"message": str(exc)}}
-        folder = RUNTIME.registry.root / name
+            live, entry = None, {"session": name, "state": "broken", "last_error": {"message": str(exc)}}
+        else:
+            entry = live.session.summary()
+        folder = SESSIONS.root / name
         entry["disk_bytes"] = 0 if folder.is_symlink() else _disk_bytes(folder)
-        publisher = RUNTIME.publishers.get(name)
-        entry["stream_viewers"] = publisher.viewers() if publisher is not None else 0
+        entry["stream_viewers"] = live.viewers() if live is not None else 0
         listed.append(entry)
     return web.json_response({"sessions": listed})
 
@@ -157,9 +156,9 @@ def _session_from_path(request: web.Request) -> tuple[str | None, web.Response |
     except SessionError as exc:
         return None, _error(400, f"{request.path}: {exc}")
     try:
-        known = RUNTIME.registry.exists(name)
+        known = SESSIONS.exists(name)
         if known:
-            RUNTIME.session(name)  # loaded here, so a broken or linked state.json is refused, not a 500
+            SESSIONS.get(name)  # loaded here, so a broken or linked state.json is refused, not a 500
     except SessionError as exc:  # a planted link, a file where the session folder should be, a broken state
         return None, _error(409, f"{request.path}: {exc}")
     if not known:
@@ -182,8 +181,7 @@ async def status(request: web.Request) -> web.Response:
     name, error = _session_from_path(request)
     if error:
         return error
-    publisher = RUNTIME.publisher(name)
-    return web.json_response(publisher.last_status or RUNTIME.status(name, publisher.player))
+    return web.json_response(SESSIONS.get(name).last_status())
 
 
 async def frame(request: web.Request) -> web.Response:
@@ -196,11 +194,11 @@ async def frame(request: web.Request) -> web.Response:
     except ValueError as exc:
         return _error(400, f"{request.path}: {exc}")
     if index is None:
-        latest = RUNTIME.publisher(name).latest()
+        latest = SESSIONS.get(name).publisher.latest()
         if latest is None:
             return _error(404, f"{request.path}: no frame has been played yet (buffering)")
         index = latest.index
-    folder = RUNTIME.session(name).frames_dir
+    folder = SESSIONS.session(name).frames_dir
     if folder.is_symlink():
         return _error(409, f"{request.path}: {folder} is a link; remove it (frames are served from the session "
                            f"folder only)")
@@ -216,7 +214,7 @@ async def frame(request: web.Request) -> web.Response:
 def _more_to_stream(name: str, publisher, sent: int) -> bool:
     """Whether a stream that sent frame ``sent`` (0: none) gets another one: the session generates, a frame
     it made is not shown yet, or the frame shown last is still on its way to the stream."""
-    session = RUNTIME.session(name)
+    session = SESSIONS.session(name)
     if session.state == "running":
         return True
     next_index = publisher.player.metrics().next_index
@@ -247,9 +245,9 @@ async def stream(request: web.Request) -> web.StreamResponse:
         return _error(400, f"{request.path}: {exc}")
     if fmt not in ("jpeg", "png"):
         return _error(400, f"{request.path}: format must be jpeg or png")
-    publisher = RUNTIME.publisher(name)
+    publisher = SESSIONS.get(name).publisher
     if not _more_to_stream(name, publisher, 0):
-        state = RUNTIME.session(name).state
+        state = SESSIONS.session(name).state
         return _error(409, f"{request.path}: session {name!r} is {state} and has no frame to play; start it "
                            f"(POST /dream_window/start) and open the stream again")
     loop = asyncio.get_running_loop()
@@ -296,7 +294,7 @@ async def cache(request: web.Request) -> web.Response:
     name, error = _session_from_path(request)
     if error:
         return error
-    loop = CACHES.current(name)
+    loop = SESSIONS.get(name).memory.cache_loop
     if loop is None:
         return _error(404, f"{request.path}: session {name!r} has no cache loaded yet; run an iteration with a "
                            f"Dream Window Cache node wired in")
@@ -332,7 +330,7 @@ async def viewer_asset(request: web.Request) -> web.Response:
 
 async def _export(request: web.Request, name: str, body: dict) -> web.Response:
     fmt = body.get("format", "webp")
-    first, last, fps = body.get("first"), body.get("last"), body.get("fps", RUNTIME.session(name).settings.get("fps", 3.5))
+    first, last, fps = body.get("first"), body.get("last"), body.get("fps", SESSIONS.session(name).settings.fps)
     for label, value in (("first", first), ("last", last)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_INDEX):
             return _error(400, f"{request.path}: {label} must be a frame index from 1 to {MAX_INDEX}")
@@ -340,7 +338,7 @@ async def _export(request: web.Request, name: str, body: dict) -> web.Response:
         return _error(400, f"{request.path}: fps must be a number in (0, 120]")
     if fmt not in (*FORMATS, "zip"):
         return _error(400, f"{request.path}: format must be one of {', '.join(FORMATS)}, zip")
-    folder = RUNTIME.session(name).frames_dir
+    folder = SESSIONS.session(name).frames_dir
     if folder.is_symlink():
         return _error(409, f"{request.path}: {folder} is a link; remove it (frames are exported from the session "
                            f"folder only)")
@@ -359,8 +357,8 @@ async def _export(request: web.Request, name: str, body: dict) -> web.Response:
 
 
 async def _export_zip(request: web.Request, name: str, paths: list[Path]) -> web.StreamResponse:
-    """The session's state and frames as a zip, sent while it is written (bounded memory: core.export)."""
-    session = RUNTIME.session(name)
+    """The session's state and frames as a zip, sent while it is written (bounded memory: core.window.export)."""
+    session = SESSIONS.session(name)
     loop = asyncio.get_running_loop()
     response = web.StreamResponse(headers={"Content-Type": "application/zip",
                                            "Content-Disposition": f'attachment; filename="{name}.zip"',
@@ -384,7 +382,7 @@ async def _export_zip(request: web.Request, name: str, paths: list[Path]) -> web
 
 def register() -> None:
     """Add the routes to ComfyUI's server (once per process)."""
-    routes = comfy.routes()
+    routes = adapter.routes()
     routes.get("/dream_window/sessions")(sessions)
     routes.get("/dream_window/monitor")(monitor)
     routes.get("/dream_window/status/{session}")(status)

@@ -9,7 +9,7 @@ found for ``resume_after`` seconds they resume. The probes' own failures (access
 process, no driver) are reported once each through ``OnceLog`` and never stop the checks.
 
 Nothing here imports ComfyUI; the server side (``nodes.monitor``) runs the checks and pauses,
-frees and resumes through the pack's runtime and ComfyUI's adapter.
+frees and resumes through the live sessions (``core.loop.live_session``) and ComfyUI's adapter.
 """
 
 from __future__ import annotations

@@ -27,6 +27,7 @@ from safetensors.torch import load_file, save
 
 from ..atomic_files import atomic_write_bytes, atomic_write_json, remove_stale_temps
 from .frames import frame_name
+from .session_settings import SessionSettings
 
 log = logging.getLogger("dream_window")
 
@@ -84,7 +85,7 @@ class Session:
     client_id: str | None = None
     extra_pnginfo: dict | None = None
     """What the prompt was queued with besides the graph (the editor's workflow); re-queued with it."""
-    settings: dict = field(default_factory=lambda: {"enabled": True, "max_iterations": 0, "min_delay": 0.0})
+    settings: SessionSettings = field(default_factory=SessionSettings)
     stats: dict = field(default_factory=dict)
     rotation: dict = field(default_factory=dict)
     policy: dict = field(default_factory=dict)
@@ -109,7 +110,7 @@ class Session:
                 "frames": self.frames_produced(),
                 "last_error": self.error,
                 "paused_reason": self.paused_reason,
-                "max_iterations": self.settings.get("max_iterations", 0),
+                "max_iterations": self.settings.max_iterations,
                 "has_prompt": self.prompt is not None,
                 "resumable": self.state == "interrupted" and self.prompt is not None,
             }
@@ -127,7 +128,7 @@ class Session:
             "prompt": self.prompt,
             "client_id": self.client_id,
             "extra_pnginfo": self.extra_pnginfo,
-            "settings": self.settings,
+            "settings": self.settings.to_dict(),
             "stats": self.stats,
             "rotation": self.rotation,
             "policy": self.policy,
@@ -264,9 +265,10 @@ class Session:
                                f"delete or reset the session to start it afresh") from exc
         session = cls(name=name, folder=folder)
         for key in ("iteration", "next_frame", "seeds", "state", "error", "paused_reason", "prompt", "client_id",
-                    "extra_pnginfo", "settings", "stats", "rotation", "policy", "created", "latents_file"):
+                    "extra_pnginfo", "stats", "rotation", "policy", "created", "latents_file"):
             if key in data:
                 setattr(session, key, data[key])
+        session.settings = SessionSettings.from_dict(data.get("settings") or {})
         session.paused_reason = None  # no monitor of this process paused it: it stays paused until started
         if session.state not in STATES:
             session.state = "idle"
@@ -292,12 +294,11 @@ class Session:
 
 
 class SessionRegistry:
-    """Sessions by name, loaded from disk on first use. Thread-safe."""
+    """The sessions folder: finds, loads, creates and deletes the sessions stored under ``root``. It keeps
+    no session in memory: the live ones are kept by ``core.loop.live_session.LiveSessions``."""
 
     def __init__(self, root: str | Path):
         self.root = Path(root)
-        self._sessions: dict[str, Session] = {}
-        self._lock = threading.Lock()
 
     def folder(self, name: str) -> Path:
         """The session's folder, refusing names and planted links that leave ``root``."""
@@ -311,43 +312,33 @@ class SessionRegistry:
         return folder
 
     def exists(self, name: str) -> bool:
-        with self._lock:
-            return name in self._sessions or (self.folder(name) / "state.json").is_file()
+        return (self.folder(name) / "state.json").is_file()
 
     def get(self, name: str, create: bool = False) -> Session:
-        """The named session; ``create`` makes a new one when none is stored."""
+        """The named session as stored; ``create`` makes a new one when none is stored, else ``KeyError``."""
         folder = self.folder(name)
-        with self._lock:
-            session = self._sessions.get(name)
-            if session is not None:
-                return session
-            if (folder / "state.json").is_file():
-                session = Session.load(name, folder)
-            elif create:
-                try:
-                    folder.mkdir(parents=True, exist_ok=True)
-                except OSError as exc:
-                    raise SessionError(f"cannot create the session folder {folder} ({exc}); "
-                                       f"make sure ComfyUI's output folder is writable") from exc
-                session = Session(name=name, folder=folder)
-                session.save_control()
-            else:
-                raise KeyError(name)
-            self._sessions[name] = session
-            return session
+        if (folder / "state.json").is_file():
+            return Session.load(name, folder)
+        if not create:
+            raise KeyError(name)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise SessionError(f"cannot create the session folder {folder} ({exc}); "
+                               f"make sure ComfyUI's output folder is writable") from exc
+        session = Session(name=name, folder=folder)
+        session.save_control()
+        return session
 
     def names(self) -> list[str]:
-        """Every stored or loaded session name."""
-        found = set(self._sessions)
-        if self.root.is_dir():
-            found.update(p.name for p in self.root.iterdir()
-                         if NAME_PATTERN.match(p.name) and (p / "state.json").is_file())
-        return sorted(found)
+        """Every stored session name."""
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir()
+                      if NAME_PATTERN.match(p.name) and (p / "state.json").is_file())
 
     def delete(self, name: str) -> None:
-        """Forget a session and remove its folder."""
+        """Remove a session's folder."""
         folder = self.folder(name)
-        with self._lock:
-            self._sessions.pop(name, None)
         if folder.is_dir():
             shutil.rmtree(folder)

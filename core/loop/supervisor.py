@@ -38,7 +38,17 @@ HOLD_POLL = 0.5
 
 class ConfigurationError(RuntimeError):
     """An error no retry can fix (a setting, a wire, a missing model or folder): the session pauses on
-    the first one, with its message. The nodes raise it through ``nodes.common.fail``."""
+    the first one, with its message. Raised through ``fail``."""
+
+
+def fail(node: str, message: str, retry: bool = False) -> RuntimeError:
+    """An error that names the node, as users see it in ComfyUI's error dialog.
+
+    A ``ConfigurationError`` (a setting, a wire, a missing file or folder), on which the session pauses at
+    once; ``retry=True`` for an error a retry can cure (a failed disk write, a failed cache analysis),
+    which the supervisor retries before it pauses.
+    """
+    return RuntimeError(f"{node}: {message}") if retry else ConfigurationError(f"{node}: {message}")
 
 
 class ControlRefused(Exception):
@@ -126,10 +136,10 @@ class Supervisor:
             if extra_pnginfo is not None:
                 s.extra_pnginfo = extra_pnginfo
             if settings is not None:
-                s.settings.update(settings)
+                s.settings = s.settings.with_values(**settings)
             if user_started:
                 self.failures = 0
-                s.state = "running" if s.settings.get("enabled", True) else "idle"
+                s.state = "running" if s.settings.enabled else "idle"
                 s.error, s.paused_reason = None, None
             self._save()
         if user_started:
@@ -146,7 +156,7 @@ class Supervisor:
             if s.prompt is None:
                 raise ControlRefused(f"session {s.name!r} has no stored workflow yet: queue the Dream Window "
                                      f"workflow once (Queue button or POST /prompt)")
-            limit = int(s.settings.get("max_iterations") or 0)
+            limit = s.settings.max_iterations
             if limit and s.iteration >= limit:
                 raise ControlRefused(f"session {s.name!r} has finished: it reached max_iterations={limit}; raise "
                                      f"max_iterations in its Dream Window AutoQueue node (0 = endless) and queue "
@@ -235,7 +245,7 @@ class Supervisor:
             with s.lock:
                 s.error = dict(error or {}, retries=self.failures - 1, at=time.time())
                 self._save()
-            if not s.settings.get("enabled", True):
+            if not s.settings.enabled:
                 self.failures = 0
                 log.error("dream_window[%s]: iteration failed (%s); autoqueue is off, not retried",
                           s.name, describe_error(error))
@@ -261,18 +271,17 @@ class Supervisor:
     async def _continue(self) -> None:
         s = self.session
         with s.lock:
-            settings = dict(s.settings)
-            limit = int(settings.get("max_iterations") or 0)
+            settings = s.settings
+            limit = settings.max_iterations
             if s.state == "running" and limit and s.iteration >= limit:
                 log.info("dream_window[%s]: reached max_iterations=%d; stopped", s.name, limit)
                 s.state = "stopped"
                 self._save()
                 self.notify(s.summary())
-        if not settings.get("enabled", True):
+        if not settings.enabled:
             return
-        delay = float(settings.get("min_delay") or 0.0)
-        if delay > 0:
-            await asyncio.sleep(delay)
+        if settings.min_delay > 0:
+            await asyncio.sleep(settings.min_delay)
         while self.hold() and self.session.state == "running":
             self._wake.clear()
             try:

@@ -23,7 +23,7 @@ from PIL import Image
 
 from ..atomic_files import atomic_link, atomic_write_bytes
 from ..loop.frames import frames_on_disk, shown_frame, unplayed_run
-from .playback import Frame, Player
+from .playback import DEFAULT_FPS, DEFAULT_MIN_BUFFER_SECONDS, DEFAULT_TARGET_SECONDS, Frame, Player
 from .status import status_json_bytes
 
 log = logging.getLogger("dream_window")
@@ -39,7 +39,8 @@ class Publisher:
     def __init__(self, folder: Path, status_source: Callable[[Player], dict],
                  on_frame: Callable[[Frame], None] = lambda frame: None,
                  on_status: Callable[[dict], None] = lambda status: None,
-                 fps: float = 3.5, target_seconds: float = 30.0, min_buffer_seconds: float = 10.0,
+                 fps: float = DEFAULT_FPS, target_seconds: float = DEFAULT_TARGET_SECONDS,
+                 min_buffer_seconds: float = DEFAULT_MIN_BUFFER_SECONDS,
                  frames_dir: Path | None = None, next_frame: int = 1):
         """``frames_dir`` holds the session's frames so far, ``next_frame`` is the index its next frame
         gets: the frames on disk that were not shown yet are played first."""

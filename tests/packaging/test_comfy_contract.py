@@ -124,9 +124,9 @@ def api_namespace(tree: Path) -> str:
                 "comfy_api.latest")
 
 
-NODE_ALIASES = {"comfy.Choice": "io.Combo.Input", "Choice": "io.Combo.Input"}
-SCHEMA_CALL = "comfy.schema"
-"""``comfy.schema(**fields)`` builds ``io.Schema`` from the fields this ComfyUI knows."""
+NODE_ALIASES = {"adapter.Choice": "io.Combo.Input", "Choice": "io.Combo.Input"}
+SCHEMA_CALL = "adapter.schema"
+"""``adapter.schema(**fields)`` builds ``io.Schema`` from the fields this ComfyUI knows."""
 
 
 def node_api_uses(namespace: str) -> list[dict]:

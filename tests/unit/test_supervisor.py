@@ -285,7 +285,7 @@ def test_a_finished_session_refuses_start_and_a_stopped_one_stays_stopped_on_pau
         with pytest.raises(sup_mod.ControlRefused, match="reached max_iterations=1"):
             await sup.start()
         assert sup.set_state("paused") is False and session.state == "stopped" and backend.queued == []
-        session.settings["max_iterations"] = 2
+        session.settings = session.settings.with_values(max_iterations=2)
         await sup.start()
         assert session.state == "running" and len(backend.queued) == 1
         assert sup.set_state("paused") is True and session.state == "paused"

@@ -1,13 +1,13 @@
-"""Acceleration nodes: the diffusion model's forward replayed from CUDA graphs (``core.cuda_graph``)."""
+"""Acceleration nodes: the diffusion model's forward replayed from CUDA graphs (``core.accel.cuda_graph``)."""
 
 from __future__ import annotations
 
 import logging
 
 from ..core.accel.cuda_graph import DEFAULT_MAX_GRAPHS, UnetGraphWrapper, is_dynamic_vram
-from . import comfy_adapter as comfy
+from . import comfy_adapter as adapter
 from .comfy_adapter import io, ui
-from .loop_nodes import CATEGORY
+from .common import CATEGORY
 
 log = logging.getLogger("dream_window")
 
@@ -17,7 +17,7 @@ NODE_ID = "DreamWindowCudaGraph"
 class DreamWindowCudaGraph(io.ComfyNode):
     @classmethod
     def define_schema(cls):
-        return comfy.schema(
+        return adapter.schema(
             node_id=NODE_ID,
             display_name="Dream Window CUDA Graph",
             category=CATEGORY,
@@ -58,14 +58,14 @@ class DreamWindowCudaGraph(io.ComfyNode):
                     "start ComfyUI with --disable-dynamic-vram to use CUDA graphs")
             log.warning("%s #%s: %s", NODE_ID, cls.hidden.unique_id, text)
             return io.NodeOutput(model, ui=ui.PreviewText(text))
-        wrapper = UnetGraphWrapper(f"{NODE_ID} #{cls.hidden.unique_id}", comfy.forward_wrappers)
+        wrapper = UnetGraphWrapper(f"{NODE_ID} #{cls.hidden.unique_id}", adapter.forward_wrappers)
         device = model.load_device
         if device.type == "cuda":
             text = (f"on {device}: each forward shape is captured once and replayed (at most {DEFAULT_MAX_GRAPHS} "
                     f"graphs); counters are logged as '{wrapper.name}: after N sampling runs: ...'")
         else:
             text = f"no CUDA device ({device}): every forward runs eagerly, exactly as without this node"
-        return io.NodeOutput(comfy.clone_with_unet_wrapper(model, wrapper), ui=ui.PreviewText(text))
+        return io.NodeOutput(adapter.clone_with_unet_wrapper(model, wrapper), ui=ui.PreviewText(text))
 
 
 NODES = [DreamWindowCudaGraph]

@@ -1,0 +1,58 @@
+"""The live-session registry, the iteration record and the session settings (no ComfyUI, no server)."""
+
+import json
+
+import torch
+
+from core.loop.iteration import Iteration, PromptChoice
+from core.loop.live_session import Host, LiveSessions
+from core.loop.session_settings import DEFAULTS, SessionSettings, autoqueue_settings
+
+
+def host(tmp_path) -> Host:
+    return Host(sessions_folder=lambda: tmp_path / "sessions", cache_root=lambda: tmp_path / "caches",
+                input_folder=lambda: tmp_path, backend=None, send_event=lambda event, data: None,
+                run_on_server_loop=lambda fn, *args: None, executing_prompt_id=lambda: None,
+                executing_node_id=lambda: None, intermediate_device=lambda: torch.device("cpu"),
+                before_first_writer=lambda: None)
+
+
+def test_reset_replaces_what_the_iterations_remember_and_delete_drops_the_session(tmp_path):
+    sessions = LiveSessions(host(tmp_path))
+    live = sessions.get("s", create=True)
+    memory = live.memory
+    memory.open_iteration(1).prompt = PromptChoice("a lake", 3, 20)
+    sessions.reset("s")
+    assert sessions.get("s") is live and live.memory is not memory and live.memory.iteration is None
+    assert live.memory.cache_loop is None and live.memory.cache_stats is None
+    sessions.delete("s")
+    assert sessions.names() == [] and not (tmp_path / "sessions" / "s").exists()
+    assert sessions.get("s", create=True) is not live
+
+
+def test_an_iteration_record_gives_the_session_its_stats():
+    record = Iteration(3, mode="img2img", decision={"action": "cache", "reason": "collapse"},
+                       prompt=PromptChoice("a lake", 2, 5))
+    record.started, record.source_done, record.sampled, record.interpolated, record.decoded = 0.0, 1.0, 3.0, 3.5, 4.0
+    stats = record.stats({"keyframes_timed": 1, "mean_keyframe_time": 4.0}, frames=11)
+    assert record.injected and stats["keyframe_time"] == 2.0 and stats["batch_decode_time"] == 0.5
+    assert stats["iteration_time"] == 4.0 and stats["mean_keyframe_time"] == 3.0 and stats["keyframes_timed"] == 2
+    assert stats["mode"] == "img2img" and stats["prompt"] == "a lake" and stats["frames_last_iteration"] == 11
+    assert not Iteration(1, decision={"action": "none", "reason": "warm-up"}).injected
+
+
+def test_settings_of_an_older_session_load_with_the_defaults(tmp_path):
+    old = {"enabled": True, "max_iterations": 4, "min_delay": 0.0, "fps": 2.0, "something_removed": 1}
+    settings = SessionSettings.from_dict(old)
+    assert settings.fps == 2.0 and settings.max_iterations == 4
+    assert settings.min_buffer_seconds == DEFAULTS.min_buffer_seconds and settings.retention == DEFAULTS.retention
+    assert json.loads(json.dumps(settings.to_dict())) == settings.to_dict()
+
+
+def test_the_autoqueue_settings_come_from_the_node_wired_to_the_session():
+    prompt = {"1": {"class_type": "Session", "inputs": {"name": "s"}},
+              "2": {"class_type": "Commit", "inputs": {"session": ["1", 0]}},
+              "3": {"class_type": "AutoQueue", "inputs": {"session": ["2", 0], "max_iterations": 7,
+                                                          "min_delay": float("nan")}}}
+    assert autoqueue_settings(prompt, "s", "Session", "AutoQueue") == {"enabled": True, "max_iterations": 7}
+    assert autoqueue_settings(prompt, "other", "Session", "AutoQueue") == {"enabled": False}
