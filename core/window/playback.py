@@ -39,9 +39,8 @@ Playback rules
 * **Throttle.** ``should_hold_next_iteration`` is true while
   ``seconds_buffered >= target_seconds`` (default 30 s); a target of 0 turns
   throttling off.
-* **Pruning.** Played frames leave the buffer at once; only the last
-  ``keep_played`` (default 8) are kept, for "latest frame" consumers, so memory
-  is bounded by the throttled buffer plus that tail.
+* **Pruning.** Played frames leave the buffer at once; only the one shown last
+  is kept (``latest``), so memory is bounded by the throttled buffer.
 """
 
 from __future__ import annotations
@@ -62,9 +61,6 @@ DEFAULT_TARGET_SECONDS = 30.0
 
 DEFAULT_MIN_BUFFER_SECONDS = 10.0
 """Buffered seconds needed before playback starts."""
-
-DEFAULT_KEEP_PLAYED = 8
-"""Number of most recently played frames kept in memory."""
 
 FPS_WINDOW_SECONDS = 10.0
 """Window over which the achieved frame rate is measured."""
@@ -120,7 +116,6 @@ class Player:
         fps: float = DEFAULT_FPS,
         target_seconds: float = DEFAULT_TARGET_SECONDS,
         min_buffer_seconds: float = DEFAULT_MIN_BUFFER_SECONDS,
-        keep_played: int = DEFAULT_KEEP_PLAYED,
         start_index: int | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -130,13 +125,11 @@ class Player:
         first frame received defines it. ``clock`` returns seconds on a
         monotonic scale and is used when ``tick``/``metrics`` get no ``now``.
         """
-        if keep_played < 1:
-            raise ValueError(f"keep_played must be at least 1, got {keep_played}.")
         self._apply(fps, target_seconds, min_buffer_seconds)
         self._clock = clock
         self._lock = threading.Lock()
         self._pending: dict[int, Frame] = {}
-        self._played: deque[Frame] = deque(maxlen=keep_played)
+        self._latest: Frame | None = None
         self._show_times: deque[float] = deque()
         self._next: int | None = start_index
         self._ready_end: int | None = start_index
@@ -172,10 +165,6 @@ class Player:
             self._apply(fps, target_seconds, min_buffer_seconds)
             if due is not None:
                 self._anchor_time, self._anchor_index = due, self._next
-
-    def add_frame(self, index: int, path: PathType) -> None:
-        """Receive one ready frame; see ``add_frames``."""
-        self.add_frames([(index, path)])
 
     def add_frames(self, frames: Iterable[tuple[int, PathType]]) -> None:
         """Receive ready frames as ``(index, path)`` pairs, all under one lock.
@@ -226,7 +215,7 @@ class Player:
             self._next += 1
             self._stalled = False
             self._frames_played += 1
-            self._played.append(frame)
+            self._latest = frame
             self._show_times.append(now)
             self._forget_show_times(now)
             return frame
@@ -239,11 +228,6 @@ class Player:
     def _due_time(self) -> float:
         """Clock time at which the next frame is due (playback must have started)."""
         return self._anchor_time + (self._next - self._anchor_index) / self.fps
-
-    def next_due(self) -> float | None:
-        """Clock time at which the next frame is due, or None before playback starts."""
-        with self._lock:
-            return self._due_time() if self._started else None
 
     def force_start(self) -> None:
         """The producer stopped: start with any ready frame, without waiting for the minimum buffer,
@@ -259,12 +243,7 @@ class Player:
     def latest(self) -> Frame | None:
         """Return the frame shown most recently, or None if none was shown yet."""
         with self._lock:
-            return self._played[-1] if self._played else None
-
-    def recent_played(self) -> tuple[Frame, ...]:
-        """Return the last ``keep_played`` frames shown, oldest first."""
-        with self._lock:
-            return tuple(self._played)
+            return self._latest
 
     def should_hold_next_iteration(self) -> bool:
         """Return True while the buffer holds at least the target; always False for a target of 0."""
