@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-from ..core import interpolation, prompts
+from ..core.loop import interpolation, prompts
 from ..core.loop.frames import frame_name, png_text
 from ..core.loop.iteration import MODES
 from ..core.loop.loop_service import (AUTOQUEUE_NODE, COMMIT_NODE, INTERPOLATE_NODE, LATENT_SCALE, MAX_SIZE, MIN_SIZE,
