@@ -14,11 +14,11 @@ import dataclasses
 import logging
 import time
 
-from ..core.loop.live_session import LiveSessions
 from ..core.accel.gpu_monitor import Checker, MonitorConfig, YieldGate, has_display
+from ..core.loop.live_session import LiveSession, LiveSessions
 from ..core.loop.session import SessionError
-from ..core.server_settings import MONITOR_INTERVAL
 from ..core.loop.supervisor import ControlRefused
+from ..core.server_settings import MONITOR_INTERVAL
 from . import comfy_adapter as adapter
 from . import settings
 from .registry import SESSIONS
@@ -35,7 +35,6 @@ class GpuMonitor:
         self.gate = YieldGate()
         self.checker = Checker(lambda message: log.warning("dream_window: GPU monitor: %s", message))
         self.config: MonitorConfig | None = None
-        self.paused: set[str] = set()
         self.checks = 0
         self.last_check: float | None = None
         self._task: asyncio.Task | None = None
@@ -79,7 +78,7 @@ class GpuMonitor:
                 live.supervisor.set_state("paused", reason)
             except (SessionError, KeyError):
                 continue
-            self.paused.add(name)
+            live.paused_by_monitor = True
             paused.append(name)
         if not paused:
             return
@@ -101,25 +100,27 @@ class GpuMonitor:
 
     async def resume(self) -> None:
         """Start again the sessions this monitor paused that are still paused by it."""
-        names, self.paused = sorted(self.paused), set()
         resumed = []
-        for name in names:
-            live = None
+        for live in self.paused_sessions():
+            live.paused_by_monitor = False
+            if live.session.state != "paused" or live.session.paused_reason is None:
+                continue  # the user paused, stopped or started it meanwhile
             try:
-                live = self.sessions.get(name)
-                if live.session.state != "paused" or live.session.paused_reason is None:
-                    continue  # the user paused, stopped or started it meanwhile
                 live.resumed_at = time.monotonic()
                 await live.supervisor.start()
-            except (SessionError, KeyError, ControlRefused, OSError) as exc:
-                if live is not None:
-                    live.resumed_at = None
-                log.error("dream_window[%s]: GPU monitor could not resume the session: %s", name, exc)
+            except (SessionError, ControlRefused, OSError) as exc:
+                live.resumed_at = None
+                log.error("dream_window[%s]: GPU monitor could not resume the session: %s", live.session.name, exc)
                 continue
-            resumed.append(name)
+            resumed.append(live.session.name)
         log.info("dream_window: GPU monitor: clear for %g s; resumed %s", self.config.resume_after,
                  ", ".join(resumed) or "no session")
         adapter.send_event("dream_window.monitor", self.state())
+
+    def paused_sessions(self) -> list[LiveSession]:
+        """The sessions this monitor paused, by name (a deleted session is no longer among them)."""
+        return sorted((live for live in self.sessions.loaded() if live.paused_by_monitor),
+                      key=lambda live: live.session.name)
 
     def state(self) -> dict:
         """``GET /dream_window/monitor`` and the ``dream_window.monitor`` event."""
@@ -130,7 +131,7 @@ class GpuMonitor:
             "yielding": self.gate.reason is not None,
             "reason": self.gate.reason,
             "clear_for": None if clear_since is None else round(time.monotonic() - clear_since, 2),
-            "paused_sessions": sorted(self.paused),
+            "paused_sessions": [live.session.name for live in self.paused_sessions()],
             "checks": self.checks,
             "last_check_ago": None if self.last_check is None else round(time.monotonic() - self.last_check, 2),
             "vram_check": ("off: " + self.checker.vram_off) if self.checker.vram_off else

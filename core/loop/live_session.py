@@ -112,6 +112,8 @@ class LiveSession:
         self.session = session
         self.host = host
         self.memory = LoopMemory(analyses)
+        self.paused_by_monitor = False
+        """The GPU monitor paused the session while yielding the GPU; it starts it again when clear."""
         self.resumed_at: float | None = None
         """When the GPU monitor started the session again: its next commit logs how long the reload took."""
         self._supervisor: Supervisor | None = None
@@ -284,6 +286,11 @@ class LiveSessions:
 
     def exists(self, name: str) -> bool:
         return name in self._live or self.stored.exists(name)
+
+    def loaded(self) -> list[LiveSession]:
+        """The sessions in memory now (a deleted one is gone from here with all it held)."""
+        with self._lock:
+            return list(self._live.values())
 
     def names(self) -> list[str]:
         """Every stored or live session name."""

@@ -142,3 +142,18 @@ def test_a_check_that_fails_every_time_leaves_both_loops_running_and_models_can_
     server.wait_for(lambda: running(server, "mon_fault"), timeout=RESUME_AFTER + 2 * INTERVAL + 2,
                     what="the session to resume")
     server.control("stop", "mon_fault")
+
+
+def test_a_session_deleted_while_yielding_is_forgotten_by_the_monitor(server, game):
+    server.queue(dream_workflow("mon_gone"))
+    server.wait_for(lambda: running(server, "mon_gone"), timeout=90, what="the session running")
+    proc = game()
+    server.wait_for(lambda: server.get("/dream_window/monitor")["paused_sessions"] == ["mon_gone"], timeout=5,
+                    what="the monitor to pause it")
+    assert server.control("delete", "mon_gone")["deleted"]
+    assert server.get("/dream_window/monitor")["paused_sessions"] == [], "a deleted session is not the monitor's"
+    proc.kill()
+    proc.wait()
+    server.wait_for(lambda: not server.get("/dream_window/monitor")["yielding"], timeout=RESUME_AFTER + 3 * INTERVAL,
+                    what="the monitor to stop yielding")
+    assert "could not resume" not in server.log_tail(400000)
