@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-from ..core.loop import interpolation, prompts
+from ..core.loop import interpolation, prompts, resolution
 from ..core.loop.frames import frame_name, png_text
 from ..core.loop.iteration import MODES
 from ..core.loop.loop_service import (AUTOQUEUE_NODE, COMMIT_NODE, INTERPOLATE_NODE, LATENT_SCALE, MAX_SIZE, MIN_SIZE,
@@ -237,10 +237,28 @@ class DreamWindowInterpolate(io.ComfyNode):
                 adapter.Choice("easing", options=list(interpolation.EASINGS), default="linear",
                                tooltip="Spacing of the frames in time: linear, an even pace; ease_in_out, slower near "
                                        "both keyframes; ease_in, near the previous one; ease_out, near the new one."),
+                adapter.Choice("divisor", options=list(resolution.DIVISORS), default=resolution.DEFAULT_DIVISOR,
+                               optional=True,
+                               tooltip="Framerate mode for smaller GPUs: make the in-between frames at 1/divisor of "
+                                       "the keyframe's width and height, decode them here with 'vae' and upscale "
+                                       "them back (keyframes stay full size). 1: off."),
+                adapter.Choice("downsample", options=list(resolution.DOWNSAMPLE_METHODS),
+                               default=resolution.DEFAULT_DOWNSAMPLE,
+                               optional=True,
+                               tooltip="How the keyframe latents are shrunk for the in-between frames (divisor > 1)."),
+                adapter.Choice("upscale", options=list(resolution.UPSCALE_METHODS),
+                               default=resolution.DEFAULT_UPSCALE,
+                               optional=True,
+                               tooltip="How the small decoded frames are enlarged to the keyframe's size "
+                                       "(divisor > 1)."),
+                io.Vae.Input("vae", optional=True,
+                             tooltip="The workflow's VAE: decodes the small in-between frames when divisor > 1."),
             ],
             outputs=[io.Latent.Output("frames_out", display_name="frames",
                                       tooltip="In-between frames then the new keyframe, as one batch. The first "
-                                              "iteration has no previous keyframe and emits the keyframe only.")],
+                                              "iteration has no previous keyframe and emits the keyframe only; "
+                                              "with divisor > 1 the batch is the keyframe alone (this node decoded "
+                                              "the in-between frames and Commit puts them before it).")],
         )
 
     @classmethod
@@ -252,9 +270,12 @@ class DreamWindowInterpolate(io.ComfyNode):
         return [] if keyframe is not None or LOOP.walking(session.name) else ["keyframe"]
 
     @classmethod
-    def execute(cls, session, frames, method, easing, keyframe=None):
+    def execute(cls, session, frames, method, easing, keyframe=None, divisor=resolution.DEFAULT_DIVISOR,
+                downsample=resolution.DEFAULT_DOWNSAMPLE, upscale=resolution.DEFAULT_UPSCALE, vae=None):
         samples = keyframe["samples"] if keyframe is not None else None
-        return io.NodeOutput({"samples": LOOP.interpolate(session.name, samples, frames, method, easing)})
+        return io.NodeOutput({"samples": LOOP.interpolate(session.name, samples, frames, method, easing, divisor,
+                                                          downsample, upscale,
+                                                          vae.decode if vae is not None else None)})
 
 
 class DreamWindowCommit(io.ComfyNode):

@@ -19,7 +19,7 @@ from typing import Callable
 
 import torch
 
-from . import interpolation, prompts
+from . import interpolation, prompts, resolution
 from ..cache.aesthetic_loop import ACTION_CACHE, ACTION_NONE, ACTION_SEED, AestheticLoop
 from ..cache.store import CacheStoreError, EmbeddingMismatchError
 from .frames import frames_on_disk, select_frames, to_uint8
@@ -49,6 +49,8 @@ SEEDS_IN_WALK = 32
 
 Encode = Callable[[torch.Tensor], torch.Tensor]
 """The workflow's VAE encode: an IMAGE batch to a latent."""
+Decode = Callable[[torch.Tensor], torch.Tensor]
+"""The workflow's VAE decode: a latent batch to an IMAGE batch."""
 
 
 class LoopService:
@@ -238,10 +240,12 @@ class LoopService:
         record = self.sessions.get(name).memory.iteration
         return record is not None and record.walking
 
-    def interpolate(self, name: str, keyframe: torch.Tensor | None, frames: int, method: str,
-                    easing: str) -> torch.Tensor:
+    def interpolate(self, name: str, keyframe: torch.Tensor | None, frames: int, method: str, easing: str,
+                    divisor: str, downsample: str, upscale: str, decode: Decode | None) -> torch.Tensor:
         """Interpolate: the frames between the previous keyframe and the new one (the sampled keyframe, or
-        the walk's target), then the new one, as one latent batch."""
+        the walk's target), then the new one, as one latent batch. With a divisor above 1 the frames between
+        are made small, decoded here and upscaled (``core.loop.resolution``); the batch is the new keyframe
+        alone and Commit puts those frames before it."""
         live = self.sessions.get(name)
         record = self._iteration(live)
         record.sampled = record.now()
@@ -263,9 +267,27 @@ class LoopService:
             if prev.shape != new.shape:
                 raise fail(INTERPOLATE_NODE, f"the new keyframe {tuple(new.shape)} does not match the previous one "
                                              f"{tuple(prev.shape)}; reset the session after changing size or model")
-            new = torch.cat([interpolation.interpolate(prev[0], new[0], frames, method, easing), new], dim=0)
+            if resolution.factor(divisor) == 1:
+                new = torch.cat([interpolation.interpolate(prev[0], new[0], frames, method, easing), new], dim=0)
+            else:
+                record.inbetweens = self._small_inbetweens(prev, new, frames, method, easing, divisor, downsample,
+                                                           upscale, decode)
         record.interpolated = record.now()
         return new
+
+    @staticmethod
+    def _small_inbetweens(prev: torch.Tensor, new: torch.Tensor, frames: int, method: str, easing: str,
+                          divisor: str, downsample: str, upscale: str, decode: Decode | None) -> torch.Tensor:
+        """The frames between two keyframe latents made at the divisor's size, decoded and upscaled back to
+        the keyframe's pixel size on the device the decode gives them on."""
+        if decode is None:
+            raise fail(INTERPOLATE_NODE, f"divisor {divisor} decodes the in-between frames in this node: wire the "
+                                         f"checkpoint's VAE into 'vae', or set divisor to 1")
+        size = resolution.small_size(new.shape[-2], new.shape[-1], resolution.factor(divisor))
+        pair = resolution.downscale(torch.cat([prev, new]), size, downsample)
+        images = decode(interpolation.interpolate(pair[0], pair[1], frames, method, easing))
+        scale_h, scale_w = images.shape[1] // size[0], images.shape[2] // size[1]
+        return resolution.upscale(images, (new.shape[-2] * scale_h, new.shape[-1] * scale_w), upscale)
 
     # -- commit ---------------------------------------------------------------------------
     def commit(self, name: str, latents: torch.Tensor, images: torch.Tensor, seed: int, retention: int,
@@ -296,6 +318,8 @@ class LoopService:
         if loop is not None:  # before the commit: an analysis failing here leaves the state as it was
             self._settle(live.memory, COMMIT_NODE)
             self._offer_to_cache(live, loop, record, latents, images)
+        if record.inbetweens is not None:
+            images = torch.cat([record.inbetweens.to(images.device, images.dtype), images])
         first = self._persist(live, record, loop, latents[-1:], int(seed), int(images.shape[0]))
         live.committed()
         shown = writer.last_written

@@ -167,6 +167,12 @@ NODE_ROWS = [
     NodeRow("interpolate-unknown-method", graph(l=load_latent("dw_bad_one.latent"),
                                                 i=interpolate(["l", 0], method="cubic"), out=show(["i", 0])),
             ("DreamWindowInterpolate", "Value not in list", "method: 'cubic' not in ['slerp', 'lerp']")),
+    NodeRow("interpolate-unknown-divisor", graph(l=load_latent("dw_bad_one.latent"),
+                                                 i=interpolate(["l", 0], divisor="4"), out=show(["i", 0])),
+            ("DreamWindowInterpolate", "Value not in list", "divisor: '4' not in ['1', '1.5', '2', '3']")),
+    NodeRow("interpolate-divisor-without-vae", graph(l=load_latent("dw_bad_one.latent"),
+                                                     i=interpolate(["l", 0], divisor="2"), out=show(["i", 0])),
+            ("DreamWindowInterpolate", "wire the checkpoint's VAE into 'vae'", "set divisor to 1"), runtime=True),
     # DreamWindowCommit
     NodeRow("commit-mismatched-batches", graph(l=load_latent("dw_bad_two.latent"), img=empty_image(3),
                                                c=commit(["l", 0], ["img", 0])),

@@ -1,0 +1,47 @@
+"""Framerate modes: the Interpolate node's resolution divisor on a real ComfyUI 0.3.75."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from helpers.dream_loop import dream_workflow
+
+pytestmark = pytest.mark.e2e
+
+SIZE, FRAMES = 64, 3
+DIVISOR_INPUTS = ("divisor", "downsample", "upscale", "vae")
+
+
+def dream_frames(comfy, session: str, **interpolate) -> list[np.ndarray]:
+    """The frames on disk after two keyframes with a replayable seed sequence: keyframe 1, the
+    in-between frames, keyframe 2. ``interpolate`` replaces the bundled divisor inputs (none: absent)."""
+    wf = dream_workflow(session, size=SIZE)
+    wf["5"]["inputs"].update(seed_mode="sequence", base_seed=7)
+    wf["10"]["inputs"]["max_iterations"] = 2
+    inputs = wf["7"]["inputs"]
+    inputs["frames"] = FRAMES
+    for key in DIVISOR_INPUTS:
+        del inputs[key]
+    inputs.update(interpolate)
+    comfy.queue(wf)
+    comfy.wait_for(lambda: (comfy.session(session) or {}).get("state") == "stopped", timeout=120,
+                   what=f"two iterations of {session}")
+    folder = comfy.base / "output" / "dream_window" / session / "frames"
+    paths = [folder / f"frame_{i:08d}.png" for i in range(1, FRAMES + 3)]
+    comfy.wait_for(lambda: all(p.is_file() for p in paths), what=f"the frames of {session} on disk")
+    return [np.asarray(Image.open(p).convert("RGB")) for p in paths]
+
+
+def test_divisor_makes_small_inbetweens_and_keeps_the_keyframes(comfy):
+    before = dream_frames(comfy, "divisor_absent")
+    full = dream_frames(comfy, "divisor_1", divisor="1", downsample="area", upscale="bilinear", vae=["1", 2])
+    assert all(np.array_equal(a, b) for a, b in zip(before, full)), "divisor 1 is the path without the input"
+
+    small = dream_frames(comfy, "divisor_2", divisor="2", downsample="area", upscale="bilinear", vae=["1", 2])
+    assert all(frame.shape == (SIZE, SIZE, 3) for frame in small), "every frame is written at the keyframe size"
+    for i in (0, FRAMES + 1):
+        assert np.array_equal(small[i], full[i]), f"keyframe frame {i + 1} stays full size"
+    for i in range(1, FRAMES + 1):
+        assert not np.array_equal(small[i], full[i]), f"in-between frame {i + 1} is made at half size"
