@@ -22,7 +22,7 @@ import torch
 from . import interpolation, prompts
 from ..cache.aesthetic_loop import ACTION_CACHE, ACTION_NONE, ACTION_SEED, AestheticLoop
 from ..cache.store import CacheStoreError, EmbeddingMismatchError
-from .frames import frames_on_disk, select_frames, to_uint8
+from .frames import FrameBatch, frames_on_disk, select_frames
 from .seed_images import fit_image, load_image, seed_files
 from .iteration import Iteration, PromptChoice, WalkTarget
 from .live_session import LiveSession, LiveSessions, LoopMemory
@@ -299,7 +299,7 @@ class LoopService:
         first = self._persist(live, record, loop, latents[-1:], int(seed), int(images.shape[0]))
         live.committed()
         shown = writer.last_written
-        writer.submit(first, to_uint8(images), frame_text)
+        writer.submit(first, FrameBatch(images), frame_text)
         return shown
 
     @staticmethod

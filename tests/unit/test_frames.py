@@ -12,8 +12,9 @@ import pytest
 import torch
 from PIL import Image, PngImagePlugin
 
-from core.loop.frames import (FrameWriter, encode_png, frame_name, frames_on_disk, oldest_kept, png_text,
-                         select_frames, shown_frame, to_uint8, unplayed_run)
+from core.loop.frames import (CONVERT_ON_WRITER, PINNED_COPY, PLAIN_COPY, FrameBatch, FrameWriter, encode_png,
+                              frame_name, frames_on_disk, host_transfer, oldest_kept, png_text, select_frames,
+                              shown_frame, to_uint8, unplayed_run)
 
 
 @pytest.mark.parametrize("shape", [(256, 512, 3), (1, 1, 3), (7, 13, 4), (9, 5, 1)])
@@ -211,3 +212,16 @@ def test_the_writer_reports_a_folder_it_cannot_make_and_recovers(tmp_path):
     writer.submit(2, np.zeros((1, 2, 2, 3), np.uint8))
     assert writer.flush(10) and writer.error is None
     assert [p.name for p in blocker.iterdir()] == [frame_name(2)]
+
+
+@pytest.mark.parametrize("device, transfer", [("cpu", CONVERT_ON_WRITER), ("cuda", PINNED_COPY),
+                                              ("cuda:1", PINNED_COPY), ("mps", PLAIN_COPY), ("xpu", PLAIN_COPY)])
+def test_frames_reach_the_writer_in_one_copy_pinned_from_cuda(device, transfer):
+    assert host_transfer(torch.device(device)) == transfer
+
+
+def test_a_frame_batch_gives_the_writer_the_rounded_uint8_frames():
+    images = torch.rand(3, 5, 7, 3) * 1.2 - 0.1
+    frames = np.asarray(FrameBatch(images))
+    assert frames.dtype == np.uint8 and frames.shape == (3, 5, 7, 3)
+    assert np.array_equal(frames, (images.clamp(0, 1) * 255).round().to(torch.uint8).numpy())
