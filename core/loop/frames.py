@@ -180,11 +180,18 @@ def encode_png(frame: np.ndarray, level: int = 1, text: bytes = b"") -> bytes:
 
 _PRUNE = object()
 """Queue item: prune now (playback moved on)."""
+PENDING_COMMITS = 2
+"""Keyframe commits waiting behind their frames at most: the loop runs at most two iterations ahead of
+what is durable, and a third ``submit`` waits on the caller's thread."""
+Commit = Callable[[bool], bool]
+"""A keyframe's durable commit, called on the writer after its frames with whether they were written;
+returns whether they stand (False: they are deleted before playback hears of them)."""
 
 
 class FrameWriter:
-    """One background thread per session folder; ``submit`` never blocks on disk. Played frames beyond
-    the retention are deleted after each write and as playback moves on (``played``)."""
+    """One background thread per session folder; ``submit`` never blocks on disk (only on more than
+    ``PENDING_COMMITS`` commits waiting). Played frames beyond the retention are deleted after each write
+    and as playback moves on (``played``)."""
 
     def __init__(self, folder: Path, retention: int,
                  on_written: Callable[[list[tuple[int, str]]], None] = lambda frames: None,
@@ -200,14 +207,18 @@ class FrameWriter:
         self._pruned_below: int | None = None
         self._prune_queued = False
         self._queue: queue.Queue = queue.Queue()
+        self._commits = threading.Semaphore(PENDING_COMMITS)
         self._thread = threading.Thread(target=self._run, name=f"dream_window-frames-{self.folder.parent.name}",
                                         daemon=True)
         self._thread.start()
 
-    def submit(self, first_index: int, frames, text: bytes = b"") -> None:
+    def submit(self, first_index: int, frames, text: bytes = b"", commit: Commit | None = None) -> None:
         """Queue ``frames`` (uint8 ``[B, H, W, C]``, or what ``np.asarray`` makes that of: a ``FrameBatch``)
-        as indices ``first_index ...``, each PNG carrying the ``text`` chunks (:func:`png_text`)."""
-        self._queue.put((first_index, frames, text))
+        as indices ``first_index ...``, each PNG carrying the ``text`` chunks (:func:`png_text`). With
+        ``commit``, the frames are announced (``on_written``) once it made their keyframe durable."""
+        if commit is not None:
+            self._commits.acquire()
+        self._queue.put((first_index, frames, text, commit))
 
     def played(self) -> None:
         """Playback moved on: prune the played frames beyond the retention (one request at a time)."""
@@ -229,26 +240,42 @@ class FrameWriter:
                 continue
             if item is _PRUNE:
                 self._prune_queued = False
-                try:
-                    self._prune()
-                except OSError as exc:
-                    log.error("dream_window: deleting played frames in %s failed: %s", self.folder, exc)
+                self._prune_logged()
                 continue
-            first, frames, text = item
+            self._write(*item)
+
+    def _write(self, first: int, frames, text: bytes, commit: Commit | None) -> None:
+        """Write one batch, then its commit; announce the frames that stand."""
+        written = []
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            for offset, frame in enumerate(np.asarray(frames)):
+                path = self.folder / frame_name(first + offset)
+                atomic_write_bytes(path, encode_png(frame, text=text))
+                written.append((first + offset, str(path)))
+            self.error = None
+        except OSError as exc:
+            log.error("dream_window: writing frames to %s failed: %s", self.folder, exc)
+            self.error = exc
+        if commit is not None:
             try:
-                self.folder.mkdir(parents=True, exist_ok=True)
-                written = []
-                for offset, frame in enumerate(np.asarray(frames)):
-                    path = self.folder / frame_name(first + offset)
-                    atomic_write_bytes(path, encode_png(frame, text=text))
-                    written.append((first + offset, str(path)))
-                    self.last_written = first + offset
-                self.on_written(written)
-                self._prune()
-                self.error = None
-            except OSError as exc:
-                log.error("dream_window: writing frames to %s failed: %s", self.folder, exc)
-                self.error = exc
+                stands = commit(self.error is None)
+            finally:
+                self._commits.release()
+            if not stands:
+                for _, path in written:
+                    Path(path).unlink(missing_ok=True)
+                return
+        if self.error is None:
+            self.last_written = first + len(written) - 1
+            self.on_written(written)
+            self._prune_logged()
+
+    def _prune_logged(self) -> None:
+        try:
+            self._prune()
+        except OSError as exc:
+            log.error("dream_window: deleting played frames in %s failed: %s", self.folder, exc)
 
     def _prune(self) -> None:
         """Delete played frames beyond the retention (the play position only moves on, so every
