@@ -12,12 +12,28 @@ import json
 import os
 import secrets
 import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable
 
 FAULT_ENV = "DREAM_WINDOW_FAULT"
 _fault_hits: dict = {}
 """How often each rule's point was reached, for ``@<n>`` (and the spec they count for)."""
+
+
+_scope = threading.local()
+
+
+@contextmanager
+def fault_scope(scope: str) -> Iterator[None]:
+    """Within the block, on this thread, every fault point is also reached as ``<scope>:<point>``."""
+    _scope.name = scope
+    try:
+        yield
+    finally:
+        _scope.name = None
 
 
 def fault_point(name: str) -> None:
@@ -27,7 +43,11 @@ def fault_point(name: str) -> None:
     ``<point>:enospc`` raises ``OSError(ENOSPC)``. Points are ``before_replace:<file>``
     and ``after_replace:<file>`` where ``<file>`` is the target's file name, or a
     ``fnmatch`` pattern of it (``before_replace:????????-????????.safetensors``: a cache
-    tensor file). ``<point>:<action>@<n>`` acts from the n-th time the point is reached
+    tensor file), and inside a keyframe's commit on the frame writer ``commit:frames_written``
+    (its frames are on disk, its latents not yet) and ``commit:durable`` (its ``state.json`` was
+    replaced, its frames not yet announced); inside ``fault_scope(scope)`` a point is also
+    reached as ``<scope>:<point>`` (``commit:before_replace:state.json``: the commit's state
+    write, not another thread's). ``<point>:<action>@<n>`` acts from the n-th time the point is reached
     on (counted per process), e.g. ``before_replace:state.json:kill@5``.
     Several rules may be given, separated by commas.
     """
@@ -37,10 +57,12 @@ def fault_point(name: str) -> None:
     if spec != _fault_hits.get("spec"):
         _fault_hits.clear()
         _fault_hits["spec"] = spec
+    scope = getattr(_scope, "name", None)
+    names = (name, f"{scope}:{name}") if scope else (name,)
     for rule in spec.split(","):
         point, _, action = rule.rpartition(":")
         action, _, nth = action.partition("@")
-        if not fnmatch.fnmatchcase(name, point):
+        if not any(fnmatch.fnmatchcase(reached, point) for reached in names):
             continue
         _fault_hits[rule] = hits = _fault_hits.get(rule, 0) + 1
         if hits < int(nth or 1):

@@ -107,6 +107,7 @@ async def control(request: web.Request) -> web.Response:
                                f"pause (POST /dream_window/start runs it)")
     elif action == "stop":
         sup.set_state("stopped")
+        await asyncio.get_running_loop().run_in_executor(None, live.settle_commits)
     else:
         sup.set_state("idle")
         SESSIONS.reset(name)

@@ -91,13 +91,52 @@ def unplayed_run(frames: dict[int, Path], shown: int | None, next_frame: int) ->
     return [(index, str(frames[index])) for index in range(first, next_frame)]
 
 
-def to_uint8(images) -> np.ndarray:
-    """ComfyUI IMAGE ``[B, H, W, C]`` floats in 0..1 → uint8 numpy (rounded, clamped).
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """ComfyUI IMAGE ``[B, H, W, C]`` floats in 0..1 → uint8 (rounded, clamped), on the images' device.
 
     One temporary, rounded and clamped in place: several times faster than a chain of
     out-of-place ops on a batch of frames, with the same result."""
-    scaled = images.detach().to("cpu", torch.float32).mul(255.0)
-    return scaled.clamp_(0.0, 255.0).round_().to(torch.uint8).numpy()
+    scaled = images.detach().to(torch.float32).mul(255.0)
+    return scaled.clamp_(0.0, 255.0).round_().to(torch.uint8)
+
+
+CONVERT_ON_WRITER, PINNED_COPY, PLAIN_COPY = "convert on the writer", "pinned copy", "plain copy"
+
+
+def host_transfer(device: torch.device | str) -> str:
+    """How a batch on ``device`` reaches the writer as uint8, in one copy: on the CPU the conversion is
+    the copy and runs on the writer thread; on CUDA the frames are made uint8 there and copied
+    asynchronously into pinned memory; any other device makes them uint8 there and copies them."""
+    kind = torch.device(device).type
+    return {"cpu": CONVERT_ON_WRITER, "cuda": PINNED_COPY}.get(kind, PLAIN_COPY)
+
+
+class FrameBatch:
+    """A decoded IMAGE batch on its way to the frame writer (see ``host_transfer``); the caller's thread
+    only starts the work. ``np.asarray(batch)`` (on the writer) gives the uint8 ``[B, H, W, C]`` frames."""
+
+    def __init__(self, images: torch.Tensor) -> None:
+        images = images.detach()
+        self._copied: torch.cuda.Event | None = None
+        transfer = host_transfer(images.device)
+        if transfer == CONVERT_ON_WRITER:
+            self._images, self._frames = images, None
+            return
+        frames = to_uint8(images)
+        if transfer == PINNED_COPY:
+            self._frames = torch.empty(frames.shape, dtype=torch.uint8, pin_memory=True)
+            self._frames.copy_(frames, non_blocking=True)
+            self._copied = torch.cuda.Event()
+            self._copied.record()
+        else:
+            self._frames = frames.cpu()
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        if self._frames is None:
+            return to_uint8(self._images).numpy()
+        if self._copied is not None:
+            self._copied.synchronize()
+        return self._frames.numpy()
 
 
 PNG_COLOR_TYPES = {1: 0, 3: 2, 4: 6}
@@ -141,11 +180,18 @@ def encode_png(frame: np.ndarray, level: int = 1, text: bytes = b"") -> bytes:
 
 _PRUNE = object()
 """Queue item: prune now (playback moved on)."""
+PENDING_COMMITS = 2
+"""Keyframe commits waiting behind their frames at most: the loop runs at most two iterations ahead of
+what is durable, and a third ``submit`` waits on the caller's thread."""
+Commit = Callable[[bool], bool]
+"""A keyframe's durable commit, called on the writer after its frames with whether they were written;
+returns whether they stand (False: they are deleted before playback hears of them)."""
 
 
 class FrameWriter:
-    """One background thread per session folder; ``submit`` never blocks on disk. Played frames beyond
-    the retention are deleted after each write and as playback moves on (``played``)."""
+    """One background thread per session folder; ``submit`` never blocks on disk (only on more than
+    ``PENDING_COMMITS`` commits waiting). Played frames beyond the retention are deleted after each write
+    and as playback moves on (``played``)."""
 
     def __init__(self, folder: Path, retention: int,
                  on_written: Callable[[list[tuple[int, str]]], None] = lambda frames: None,
@@ -161,14 +207,18 @@ class FrameWriter:
         self._pruned_below: int | None = None
         self._prune_queued = False
         self._queue: queue.Queue = queue.Queue()
+        self._commits = threading.Semaphore(PENDING_COMMITS)
         self._thread = threading.Thread(target=self._run, name=f"dream_window-frames-{self.folder.parent.name}",
                                         daemon=True)
         self._thread.start()
 
-    def submit(self, first_index: int, frames: np.ndarray, text: bytes = b"") -> None:
-        """Queue ``frames`` (uint8 ``[B, H, W, C]``) as indices ``first_index ...``, each PNG
-        carrying the ``text`` chunks (:func:`png_text`)."""
-        self._queue.put((first_index, frames, text))
+    def submit(self, first_index: int, frames, text: bytes = b"", commit: Commit | None = None) -> None:
+        """Queue ``frames`` (uint8 ``[B, H, W, C]``, or what ``np.asarray`` makes that of: a ``FrameBatch``)
+        as indices ``first_index ...``, each PNG carrying the ``text`` chunks (:func:`png_text`). With
+        ``commit``, the frames are announced (``on_written``) once it made their keyframe durable."""
+        if commit is not None:
+            self._commits.acquire()
+        self._queue.put((first_index, frames, text, commit))
 
     def played(self) -> None:
         """Playback moved on: prune the played frames beyond the retention (one request at a time)."""
@@ -190,26 +240,42 @@ class FrameWriter:
                 continue
             if item is _PRUNE:
                 self._prune_queued = False
-                try:
-                    self._prune()
-                except OSError as exc:
-                    log.error("dream_window: deleting played frames in %s failed: %s", self.folder, exc)
+                self._prune_logged()
                 continue
-            first, frames, text = item
+            self._write(*item)
+
+    def _write(self, first: int, frames, text: bytes, commit: Commit | None) -> None:
+        """Write one batch, then its commit; announce the frames that stand."""
+        written = []
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            for offset, frame in enumerate(np.asarray(frames)):
+                path = self.folder / frame_name(first + offset)
+                atomic_write_bytes(path, encode_png(frame, text=text))
+                written.append((first + offset, str(path)))
+            self.error = None
+        except OSError as exc:
+            log.error("dream_window: writing frames to %s failed: %s", self.folder, exc)
+            self.error = exc
+        if commit is not None:
             try:
-                self.folder.mkdir(parents=True, exist_ok=True)
-                written = []
-                for offset, frame in enumerate(frames):
-                    path = self.folder / frame_name(first + offset)
-                    atomic_write_bytes(path, encode_png(frame, text=text))
-                    written.append((first + offset, str(path)))
-                    self.last_written = first + offset
-                self.on_written(written)
-                self._prune()
-                self.error = None
-            except OSError as exc:
-                log.error("dream_window: writing frames to %s failed: %s", self.folder, exc)
-                self.error = exc
+                stands = commit(self.error is None)
+            finally:
+                self._commits.release()
+            if not stands:
+                for _, path in written:
+                    Path(path).unlink(missing_ok=True)
+                return
+        if self.error is None:
+            self.last_written = first + len(written) - 1
+            self.on_written(written)
+            self._prune_logged()
+
+    def _prune_logged(self) -> None:
+        try:
+            self._prune()
+        except OSError as exc:
+            log.error("dream_window: deleting played frames in %s failed: %s", self.folder, exc)
 
     def _prune(self) -> None:
         """Delete played frames beyond the retention (the play position only moves on, so every

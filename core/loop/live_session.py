@@ -25,11 +25,11 @@ from typing import Callable
 from ..cache.aesthetic_loop import AestheticLoop
 from ..cache.pending_jobs import PendingJobs
 from ..cache.store import CacheStore
-from .frames import FrameWriter
+from .frames import FrameBatch, FrameWriter
 from .iteration import Iteration
 from ..window.playback import Frame, Player
 from ..window.publisher import Publisher
-from .session import Session, SessionError, SessionRegistry, validate_name
+from .session import KeyframeCommit, Session, SessionError, SessionRegistry, validate_name
 from .session_settings import CacheSettings
 from ..cache.similarity import get_strategy
 from ..window.status import CacheStats, build_status
@@ -157,6 +157,23 @@ class LiveSession:
         self._writer.retention = self.session.settings.retention
         return self._writer
 
+    def submit(self, commit: KeyframeCommit, frames: FrameBatch, text: bytes) -> None:
+        """Hand a staged keyframe's frames to the writer with its durable commit behind them. When the
+        commit fails, what the iterations remember goes with it (the cache loop took its policy state)."""
+        def durable(frames_written: bool) -> bool:
+            if commit(frames_written):
+                return True
+            if commit.error is not None or not frames_written:
+                self.forget_iterations()
+            return False
+
+        self.writer().submit(commit.first, frames, text, durable)
+
+    def settle_commits(self, timeout: float = 30) -> None:
+        """Wait until the keyframes made so far are durable (a stop returns once they are)."""
+        if self._writer is not None:
+            self._writer.flush(timeout)
+
     def viewers(self) -> int:
         """Open streams of the session now (none while its publisher has not started)."""
         return self._publisher.viewers() if self._publisher is not None else 0
@@ -204,7 +221,7 @@ class LiveSession:
         session = self.session
         with session.lock:
             state, error, stats, reason = session.state, session.error, dict(session.stats), session.paused_reason
-            iteration, frames = session.iteration, session.frames_produced()
+            iteration, frames = session.committed()
         message = (error or {}).get("message") if state == "paused" else None
         shown = {"idle": "stopped", "paused": "error" if message else "paused"}.get(state, state)
         return build_status(state=shown, buffer=player.metrics(), uptime_seconds=time.monotonic() - self.host.started,
@@ -233,8 +250,9 @@ class LiveSession:
         old.close()
 
     def close(self) -> None:
-        """Stop what runs beside the session: its analysis, frame writer and publisher."""
+        """Stop what runs beside the session: its analysis, pending commits, frame writer and publisher."""
         self.memory.close()
+        self.session.drop_pending()
         if self._writer is not None:
             self._writer.flush(timeout=10)
         if self._publisher is not None:

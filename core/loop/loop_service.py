@@ -22,11 +22,11 @@ import torch
 from . import interpolation, prompts, resolution
 from ..cache.aesthetic_loop import ACTION_CACHE, ACTION_NONE, ACTION_SEED, AestheticLoop
 from ..cache.store import CacheStoreError, EmbeddingMismatchError
-from .frames import frames_on_disk, select_frames, to_uint8
+from .frames import FrameBatch, frames_on_disk, select_frames
 from .seed_images import fit_image, load_image, seed_files
 from .iteration import Iteration, PromptChoice, WalkTarget
 from .live_session import LiveSession, LiveSessions, LoopMemory
-from .session import SessionError, validate_name
+from .session import KeyframeCommit, Session, SessionError, validate_name
 from .session_settings import CacheSettings, autoqueue_settings
 from .supervisor import fail
 
@@ -293,8 +293,13 @@ class LoopService:
     def commit(self, name: str, latents: torch.Tensor, images: torch.Tensor, seed: int, retention: int,
                cache: CacheSettings | None, frame_text: bytes) -> int | None:
         """Commit: record the new keyframe in the session (the one place the policy state and the prompt
-        rotation advance), close the iteration, hand its frames to the writer. Returns the newest frame
-        written before (for the node's preview), None when none was."""
+        rotation advance), close the iteration, hand its frames and its durable commit to the writer.
+        Returns the newest frame written before (for the node's preview), None when none was.
+
+        The keyframe is durable once the writer wrote its frames, its latents and ``state.json``; the
+        next iteration starts from it in memory. A commit that failed there is raised here, by the next
+        one, and until one succeeds each commit is waited for (so the retries fail here, as they would
+        in line); so is the last one of a run (stopped, autoqueue off, ``max_iterations`` reached)."""
         if images.dim() != 4 or images.shape[0] == 0:
             raise fail(COMMIT_NODE, f"expected a batch of images, got shape {tuple(images.shape)}")
         if latents.dim() != 4 or latents.shape[0] != images.shape[0]:
@@ -320,19 +325,29 @@ class LoopService:
             self._offer_to_cache(live, loop, record, latents, images)
         if record.inbetweens is not None:
             images = torch.cat([record.inbetweens.to(images.device, images.dtype), images])
-        first = self._persist(live, record, loop, latents[-1:], int(seed), int(images.shape[0]))
+        commit = self._persist(live, record, loop, latents[-1:], int(seed), int(images.shape[0]))
         live.committed()
         shown = writer.last_written
-        writer.submit(first, to_uint8(images), frame_text)
+        live.submit(commit, FrameBatch(images), frame_text)
+        if commit.waited:
+            commit.done.wait()
+            with session.lock:
+                session.commit_error = None
+            if commit.error is not None:
+                raise self._state_error(session, commit.error)
         return shown
 
     @staticmethod
     def _persist(live: LiveSession, record: Iteration, loop: AestheticLoop | None, keyframe: torch.Tensor,
-                 seed: int, frames: int) -> int:
-        """Persist the keyframe with the stats, rotation and policy state the iteration leads to; only then
-        does the loop take its proposed policy state and the iteration close. Returns its first frame."""
+                 seed: int, frames: int) -> KeyframeCommit:
+        """Stage the keyframe with the stats, rotation and policy state the iteration leads to; only then
+        does the loop take its proposed policy state and the iteration close. Returns its commit (a failed
+        earlier one is raised instead)."""
         session = live.session
         with session.lock:
+            error, session.commit_error = session.commit_error, None
+            if error is not None:
+                raise LoopService._state_error(session, error)
             updates = {}
             if record.prompt is not None:
                 rotation = prompts.RotationState.from_dict(session.rotation)
@@ -342,19 +357,24 @@ class LoopService:
                 walk_at = record.walk.entry_id if record.walk is not None else None
                 updates["policy"] = dict(loop.policy_state(record.keyframe), walk_at=walk_at)
             try:
-                first, _ = session.commit_keyframe(keyframe, seed, frames, record.stats(session.stats, frames), updates)
-            except OSError as exc:
-                raise fail(COMMIT_NODE, f"cannot save the session state in {session.folder}: {exc}; free disk space "
-                                        f"or make the folder writable, then start the session again",
-                           retry=True) from exc
-            except ValueError as exc:  # JSON refuses NaN: a node input of the stored workflow holds one
-                raise fail(COMMIT_NODE, f"cannot save the session state in {session.folder}: {exc}; the workflow "
-                                        f"holds NaN or infinity in an input: fix that input, then start the session "
-                                        f"again") from exc
+                commit = session.stage_keyframe(keyframe, seed, frames, record.stats(session.stats, frames), updates)
+            except ValueError as exc:
+                raise LoopService._state_error(session, exc) from exc
+            commit.waited = session.commits_failing or session.run_ends()
             if loop is not None:  # only now: a keyframe that failed before here decides again the same way
                 loop.commit(record.keyframe)
             live.memory.iteration = None
-        return first
+        return commit
+
+    @staticmethod
+    def _state_error(session: Session, error: Exception) -> RuntimeError:
+        """The error a failed keyframe commit reaches the user with."""
+        if isinstance(error, ValueError):  # JSON refuses NaN: a node input of the stored workflow holds one
+            return fail(COMMIT_NODE, f"cannot save the session state in {session.folder}: {error}; the workflow "
+                                     f"holds NaN or infinity in an input: fix that input, then start the session "
+                                     f"again")
+        return fail(COMMIT_NODE, f"cannot save the session state in {session.folder}: {error}; free disk space or "
+                                 f"make the folder writable, then start the session again", retry=True)
 
     @staticmethod
     def _check_frames_folder(folder: Path) -> None:

@@ -5,7 +5,10 @@ A session lives in ``<root>/<name>/`` (``root`` is ComfyUI's ``output/dream_wind
 ``latents-<iteration>.safetensors`` (previous keyframe and the last five keyframes).
 A commit writes the latents file first and then ``state.json``, which names it: the JSON
 replace is the commit point, so a crash anywhere leaves the previous keyframe or the new
-one, never a mix. Only safetensors and JSON are ever read (never pickle).
+one, never a mix. The loop stages a keyframe in memory (``stage_keyframe``) and the frame
+writer makes it durable after its frames (``KeyframeCommit``): ``state.json`` always holds the
+newest durable keyframe and the current control state. Only safetensors and JSON are ever read
+(never pickle).
 """
 
 from __future__ import annotations
@@ -25,8 +28,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
-from ..atomic_files import atomic_write_bytes, atomic_write_json, remove_stale_temps
-from .frames import frame_name
+from ..atomic_files import atomic_write_bytes, atomic_write_json, fault_point, fault_scope, remove_stale_temps
+from .frames import frame_name, frames_on_disk
 from .session_settings import SessionSettings
 
 log = logging.getLogger("dream_window")
@@ -39,6 +42,9 @@ STATES = ("idle", "running", "paused", "stopped", "interrupted")
 """Control states; "interrupted" is a session that was running when the server stopped: nothing runs
 it until it is started again (``resumable`` in its summary)."""
 STATE_VERSION = 1
+KEYFRAME_FIELDS = ("iteration", "next_frame", "prev_latent", "recent_latents", "seeds", "stats", "latents_file",
+                   "rotation", "policy")
+"""What a keyframe commit changes: held in memory as staged, and as last made durable."""
 
 
 class SessionError(Exception):
@@ -92,6 +98,27 @@ class Session:
     created: float = field(default_factory=time.time)
     latents_file: str | None = None
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
+    _durable: tuple = field(default=(), repr=False, compare=False)
+    """The ``KEYFRAME_FIELDS`` as ``state.json`` holds them (behind memory while a commit is pending)."""
+    _epoch: int = field(default=0, repr=False, compare=False)
+    """Bumped when the pending commits are dropped (a failed commit, a reset, a delete)."""
+    commit_error: Exception | None = field(default=None, repr=False, compare=False)
+    """Why the last pending commit failed, until the loop reports it."""
+    commits_failing: bool = field(default=False, repr=False, compare=False)
+    """The last commit failed: the next ones are waited for, until one is durable."""
+
+    def __post_init__(self) -> None:
+        self._durable = self._keyframe()
+
+    def _keyframe(self) -> tuple:
+        return tuple(getattr(self, key) for key in KEYFRAME_FIELDS)
+
+    def _set_keyframe(self, values: tuple) -> None:
+        for key, value in zip(KEYFRAME_FIELDS, values):
+            setattr(self, key, value)
+
+    def _durable_fields(self) -> dict:
+        return dict(zip(KEYFRAME_FIELDS, self._durable))
 
     @property
     def frames_dir(self) -> Path:
@@ -100,14 +127,29 @@ class Session:
     def frames_produced(self) -> int:
         return self.next_frame - 1
 
+    def committed(self) -> tuple[int, int]:
+        """(keyframes, frames) whose commit is durable: what the session reports (the loop may be up to
+        two keyframes further in memory)."""
+        with self.lock:
+            durable = self._durable_fields()
+            return durable["iteration"], durable["next_frame"] - 1
+
+    def run_ends(self) -> bool:
+        """Whether no iteration follows the newest keyframe by itself: the session is not running, its
+        autoqueue is off, or it reached ``max_iterations``."""
+        with self.lock:
+            limit = self.settings.max_iterations
+            return self.state != "running" or not self.settings.enabled or bool(limit and self.iteration >= limit)
+
     def summary(self) -> dict:
         """What ``GET /dream_window/sessions`` lists for this session."""
         with self.lock:
+            iteration, frames = self.committed()
             return {
                 "session": self.name,
                 "state": self.state,
-                "iteration": self.iteration,
-                "frames": self.frames_produced(),
+                "iteration": iteration,
+                "frames": frames,
                 "last_error": self.error,
                 "paused_reason": self.paused_reason,
                 "max_iterations": self.settings.max_iterations,
@@ -116,12 +158,13 @@ class Session:
             }
 
     def _json(self) -> dict:
+        durable = self._durable_fields()
         return {
             "version": STATE_VERSION,
             "name": self.name,
-            "iteration": self.iteration,
-            "next_frame": self.next_frame,
-            "seeds": self.seeds,
+            "iteration": durable["iteration"],
+            "next_frame": durable["next_frame"],
+            "seeds": durable["seeds"],
             "state": self.state,
             "error": self.error,
             "paused_reason": self.paused_reason,
@@ -129,11 +172,11 @@ class Session:
             "client_id": self.client_id,
             "extra_pnginfo": self.extra_pnginfo,
             "settings": self.settings.to_dict(),
-            "stats": self.stats,
-            "rotation": self.rotation,
-            "policy": self.policy,
+            "stats": durable["stats"],
+            "rotation": durable["rotation"],
+            "policy": durable["policy"],
             "created": self.created,
-            "latents_file": self.latents_file,
+            "latents_file": durable["latents_file"],
         }
 
     def save_control(self) -> None:
@@ -143,31 +186,87 @@ class Session:
 
     def commit_keyframe(self, latent: torch.Tensor, seed: int | None, frames: int,
                         stats: dict, updates: dict | None = None) -> tuple[int, int]:
-        """Record a new keyframe; returns the (first, last) frame index given to its frames.
+        """Record a new keyframe and make it durable before returning; the (first, last) frame index
+        given to its frames. On failure nothing changes, in memory or on disk."""
+        commit = self.stage_keyframe(latent, seed, frames, stats, updates)
+        if not commit(True):
+            raise commit.error
+        return commit.first, commit.first + frames - 1
 
-        ``updates`` sets other persisted fields (``rotation``, ``policy``) in the same commit.
-        The latents file is written before ``state.json``; older latents files are removed
-        only after the new state is durable. On failure nothing changes, in memory or on disk.
+    def stage_keyframe(self, latent: torch.Tensor, seed: int | None, frames: int,
+                       stats: dict, updates: dict | None = None) -> "KeyframeCommit":
+        """Record a new keyframe in memory (the next iteration starts from it) and return its commit, which
+        makes it durable once called (on the frame writer, after its frames).
+
+        ``updates`` sets other persisted fields (``rotation``, ``policy``) in the same commit. A
+        ``ValueError`` (JSON refuses NaN in the stored workflow) is raised here, with nothing changed.
         """
         with self.lock:
             latent = latent.detach().to("cpu", torch.float32).contiguous()
+            if set(updates or {}) - {"rotation", "policy"}:
+                raise ValueError(f"commit cannot update {sorted(set(updates) - {'rotation', 'policy'})}")
+            json.dumps(self._json(), allow_nan=False)  # what the commit will write, refused now
+            iteration, first = self.iteration + 1, self.next_frame
             recent = (self.recent_latents + [latent])[-RECENT_KEYFRAMES:]
-            iteration = self.iteration + 1
-            latents_file = self._write_latents(iteration, recent)
-            first = self.next_frame
-            old = (self.iteration, self.next_frame, self.prev_latent, self.recent_latents,
-                   self.seeds, self.stats, self.latents_file, self.rotation, self.policy)
             self.iteration, self.next_frame = iteration, first + frames
             self.prev_latent, self.recent_latents = latent, recent
             self.seeds = (self.seeds + ([seed] if seed is not None else []))[-RECENT_KEYFRAMES:]
             self.stats = stats
-            self.latents_file = latents_file
+            self.latents_file = f"latents-{iteration:08d}.safetensors"
             for key, value in (updates or {}).items():
-                if key not in ("rotation", "policy"):
-                    raise ValueError(f"commit cannot update {key!r}")
                 setattr(self, key, value)
-            self._save_keyframe_state(old)
-            return first, first + frames - 1
+            return KeyframeCommit(self, self._epoch, first, self._keyframe())
+
+    def drop_pending(self) -> None:
+        """Forget the staged keyframes not yet durable: memory goes back to what ``state.json`` holds and
+        their commits do nothing (their frames are deleted before anyone sees them)."""
+        with self.lock:
+            self._epoch += 1
+            self._set_keyframe(self._durable)
+
+    def _make_durable(self, commit: "KeyframeCommit", frames_written: bool) -> bool:
+        """Write a staged keyframe (on the frame writer, after its frames): its latents file, then
+        ``state.json``. False when it was dropped or failed (``commit.error``): then memory goes back
+        to the durable keyframe, every later pending commit is dropped, and nothing new stays on disk."""
+        with self.lock:
+            if commit.epoch != self._epoch:
+                return False
+            if not frames_written:
+                self.drop_pending()
+                return False
+        fault_point("commit:frames_written")
+        values = dict(zip(KEYFRAME_FIELDS, commit.keyframe))
+        iteration, recent, latents_file = values["iteration"], values["recent_latents"], values["latents_file"]
+        try:
+            with fault_scope("commit"):
+                self._write_latents(iteration, recent)
+        except Exception as exc:  # on the writer's thread: every failure is the commit's, reported by the loop
+            (self.folder / latents_file).unlink(missing_ok=True)
+            with self.lock:
+                self._failed(commit, exc)
+            return False
+        with self.lock:
+            if commit.epoch != self._epoch:  # dropped while its latents were written
+                (self.folder / latents_file).unlink(missing_ok=True)
+                return False
+            old, self._durable = self._durable, commit.keyframe
+            try:
+                with fault_scope("commit"):
+                    self.save_control()
+            except (OSError, ValueError) as exc:
+                self._durable = old
+                (self.folder / latents_file).unlink(missing_ok=True)
+                self._failed(commit, exc)
+                return False
+            self.commits_failing = False
+            self._remove_stale_latents()
+        fault_point("commit:durable")
+        return True
+
+    def _failed(self, commit: "KeyframeCommit", error: Exception) -> None:
+        commit.error = self.commit_error = error
+        self.commits_failing = True
+        self.drop_pending()
 
     def _write_latents(self, iteration: int, recent: list[torch.Tensor]) -> str | None:
         """Write the kept keyframes (the newest is the previous keyframe) as the latents file of
@@ -180,22 +279,29 @@ class Session:
                            save(tensors, metadata={"iteration": str(iteration), "session": self.name}))
         return latents_file
 
+    def _remove_stale_latents(self) -> None:
+        """Every latents file but the one ``state.json`` names goes once it is durable (a pending commit
+        writes its own after this, on the same thread)."""
+        durable = self._durable_fields()["latents_file"]
+        for stale in self.folder.glob("latents-*.safetensors"):
+            if stale.name != durable:
+                stale.unlink(missing_ok=True)
+
     def _save_keyframe_state(self, old: tuple) -> None:
         """The commit point: ``state.json`` names the latents file written before it; older latents
         files go once it is durable. On failure the fields in ``old`` come back and the new latents
         file goes, so nothing changes, in memory or on disk."""
+        self._durable = self._keyframe()
         try:
             self.save_control()
         except BaseException:
             new_file = self.latents_file
-            (self.iteration, self.next_frame, self.prev_latent, self.recent_latents,
-             self.seeds, self.stats, self.latents_file, self.rotation, self.policy) = old
+            self._set_keyframe(old)
+            self._durable = old
             if new_file and new_file != self.latents_file:
                 (self.folder / new_file).unlink(missing_ok=True)
             raise
-        for stale in self.folder.glob("latents-*.safetensors"):
-            if stale.name != self.latents_file:
-                stale.unlink(missing_ok=True)
+        self._remove_stale_latents()
 
     def _redo_keyframe_without_frames(self) -> None:
         """Go back one keyframe when the newest one's frames never reached the disk.
@@ -214,8 +320,7 @@ class Session:
         recent = self.recent_latents[:-1]
         if self.iteration > 1 and not recent:
             return  # the keyframe before it is not kept
-        old = (self.iteration, self.next_frame, self.prev_latent, self.recent_latents,
-               self.seeds, self.stats, self.latents_file, self.rotation, self.policy)
+        old = self._keyframe()
         try:
             latents_file = self._write_latents(self.iteration - 1, recent)
             self.iteration, self.next_frame = self.iteration - 1, self.next_frame - frames
@@ -234,11 +339,13 @@ class Session:
     def reset(self) -> None:
         """Forget the keyframes (e.g. after a resolution change); frame numbering goes on."""
         with self.lock:
+            self.drop_pending()  # the frame numbering goes on from the durable keyframe
             self.iteration = 0
             self.prev_latent, self.recent_latents, self.seeds = None, [], []
             self.error, self.stats, self.latents_file = None, {}, None
             self.rotation, self.policy = {}, {}
             self.state = "idle"
+            self._durable = self._keyframe()
             self.save_control()
             for stale in self.folder.glob("latents-*.safetensors"):
                 stale.unlink(missing_ok=True)
@@ -289,8 +396,40 @@ class Session:
                 raise SessionError(f"session {name!r}: keyframe file {path} holds no keyframe; reset the session")
             session.recent_latents = [tensors[k] for k in keys]
             session.prev_latent = session.recent_latents[-1]
+        session._durable = session._keyframe()
         session._redo_keyframe_without_frames()
+        session._roll_back_frames()
         return session
+
+    def _roll_back_frames(self) -> None:
+        """Delete the frames of keyframes whose commit never became durable (from ``next_frame`` on): the
+        session makes them again under the same numbers."""
+        for index, path in frames_on_disk(self.frames_dir).items():
+            if index >= self.next_frame:
+                path.unlink(missing_ok=True)
+
+
+@dataclass
+class KeyframeCommit:
+    """A keyframe staged in memory by ``Session.stage_keyframe``; calling it (on the frame writer, with
+    whether the keyframe's frames were written) makes it durable, or says why not in ``error``."""
+
+    session: Session
+    epoch: int
+    first: int
+    """The first frame index given to its frames."""
+    keyframe: tuple
+    """The session's ``KEYFRAME_FIELDS`` with this keyframe."""
+    error: Exception | None = None
+    waited: bool = False
+    """Made durable before Commit returns: the commit before it failed, or no iteration follows."""
+    done: threading.Event = field(default_factory=threading.Event)
+
+    def __call__(self, frames_written: bool) -> bool:
+        try:
+            return self.session._make_durable(self, frames_written)
+        finally:
+            self.done.set()
 
 
 class SessionRegistry:

@@ -2,7 +2,8 @@
 
 One server on its own base folder is killed over and over: at the fault points chosen with
 ``DREAM_WINDOW_FAULT`` (just before and just after the ``os.replace`` of ``state.json``, the
-``latents-*.safetensors`` file, the cache index, a cache tensor file and ``status.json``) and
+``latents-*.safetensors`` file, the cache index, a cache tensor file and ``status.json``, and inside
+the asynchronous commit on the frame writer: after a keyframe's frames, after its ``state.json``) and
 at random moments of a running iteration. After each kill every file is checked (the old or
 the new complete version), the server is started again and ``POST /dream_window/start``
 resumes the loop: its first sampler input (captured with core SaveLatent) must equal the
@@ -11,8 +12,8 @@ never reached the disk (the session then redoes that pair under the same frame n
 
 A restart costs 7-15 s here (ComfyUI start and model load), so the number of kills is a
 parameter: ``DW_FAULT_KILLS`` (default 20: about 150 s on two idle cores). The first kill hits
-the loop the fixture started, wherever it is; the others are taken in ``SCHEDULE`` order: 12
-kills cover every fault point once, 20 add eight more random kills (ten random in all).
+the loop the fixture started, wherever it is; the others are taken in ``SCHEDULE`` order: 15
+kills cover every fault point once, 20 add five more random kills (seven random in all).
 """
 
 from __future__ import annotations
@@ -162,6 +163,22 @@ def index_after(f: Folders, k: int, started: float) -> None:
     assert k + 2 in keyframes, "the index of keyframe k+2 was replaced before the kill"
 
 
+def newest_frame_written(f: Folders) -> bool:
+    state = f.state()
+    return (f.session / "frames" / f"frame_{state['next_frame'] - 1:08d}.png").exists()
+
+
+def frames_before_commit(f: Folders, k: int, started: float) -> None:
+    assert f.state()["iteration"] == k + 1 and newest_frame_written(f)
+    last = f.state()["next_frame"] + FRAMES_PER_ITERATION - 1
+    assert (f.session / "frames" / f"frame_{last:08d}.png").exists(), "keyframe k+2's frames were written"
+    assert not (f.session / f"latents-{k + 2:08d}.safetensors").exists(), "killed before its latents"
+
+
+def commit_durable(f: Folders, k: int, started: float) -> None:
+    assert f.state()["iteration"] == k + 2 and newest_frame_written(f), "its frames were written before its state"
+
+
 def status_before(f: Folders, k: int, started: float) -> None:
     assert f.state()["iteration"] == k
     pending = temps(f.session, "status.json")
@@ -177,32 +194,32 @@ def status_after(f: Folders, k: int, started: float) -> None:
 @dataclass(frozen=True)
 class Kill:
     label: str
-    rule: Callable[[int, int], str] | None = None
-    """``DREAM_WINDOW_FAULT`` for a restart that resumes from keyframe k, where loading the session
-    replaced ``state.json`` ``extra`` times already (1 when it went back one keyframe); None: a
-    random kill."""
+    rule: Callable[[int], str] | None = None
+    """``DREAM_WINDOW_FAULT`` for a restart that resumes from keyframe k; None: a random kill."""
     evidence: Callable[[Folders, int, float], None] | None = None
 
 
 # After a restart at keyframe k, the resumed loop commits k+1 (its sampler input is checked), and
-# the fault points aim at keyframe k+2. state.json is replaced by POST /start (1), each iteration's
-# start (2, 4) and each commit (3, 5), after the replace that loading makes when the newest
-# keyframe's frames never reached the disk (a kill right after a commit: see resume_point); the
-# cache index once per keyframe, cache tensors twice (the keyframe and the midpoint of the pair).
+# the fault points aim at keyframe k+2: its commit on the frame writer is the second one of the
+# process (``commit:`` points; state.json is also replaced on other threads: POST /start, each
+# iteration's start, playback), the cache index once per keyframe, cache tensors twice (the
+# keyframe and the midpoint of the pair).
 FAULT_KILLS = [
-    Kill("state.json before replace", lambda k, extra: f"before_replace:state.json:kill@{5 + extra}", state_before),
-    Kill("state.json after replace", lambda k, extra: f"after_replace:state.json:kill@{5 + extra}", state_after),
-    Kill("latents after replace", lambda k, extra: f"after_replace:latents-{k + 2:08d}.safetensors:kill",
+    Kill("state.json before replace", lambda k: "commit:before_replace:state.json:kill@2", state_before),
+    Kill("state.json after replace", lambda k: "commit:after_replace:state.json:kill@2", state_after),
+    Kill("latents after replace", lambda k: f"after_replace:latents-{k + 2:08d}.safetensors:kill",
          latents_after),
-    Kill("cache tensor after replace", lambda k, extra: f"after_replace:{CACHE_TENSOR}:kill@3", tensor_after),
-    Kill("cache index before replace", lambda k, extra: "before_replace:cache_index.json:kill@2", index_before),
+    Kill("cache tensor after replace", lambda k: f"after_replace:{CACHE_TENSOR}:kill@3", tensor_after),
+    Kill("cache index before replace", lambda k: "before_replace:cache_index.json:kill@2", index_before),
     Kill("random"),
-    Kill("status.json before replace", lambda k, extra: "before_replace:status.json:kill", status_before),
-    Kill("status.json after replace", lambda k, extra: "after_replace:status.json:kill", status_after),
-    Kill("latents before replace", lambda k, extra: f"before_replace:latents-{k + 2:08d}.safetensors:kill",
+    Kill("status.json before replace", lambda k: "before_replace:status.json:kill", status_before),
+    Kill("status.json after replace", lambda k: "after_replace:status.json:kill", status_after),
+    Kill("latents before replace", lambda k: f"before_replace:latents-{k + 2:08d}.safetensors:kill",
          latents_before),
-    Kill("cache tensor before replace", lambda k, extra: f"before_replace:{CACHE_TENSOR}:kill@3", tensor_before),
-    Kill("cache index after replace", lambda k, extra: "after_replace:cache_index.json:kill@2", index_after),
+    Kill("cache tensor before replace", lambda k: f"before_replace:{CACHE_TENSOR}:kill@3", tensor_before),
+    Kill("cache index after replace", lambda k: "after_replace:cache_index.json:kill@2", index_after),
+    Kill("commit after the frames", lambda k: "commit:frames_written:kill@2", frames_before_commit),
+    Kill("commit once durable", lambda k: "commit:durable:kill@2", commit_durable),
 ]
 SCHEDULE = (FAULT_KILLS + [Kill("random")] * max(0, KILLS - 1 - len(FAULT_KILLS)))[:KILLS - 1]
 
@@ -237,7 +254,7 @@ def restart_and_resume(srv: ComfyServer, f: Folders, kill: Kill | None) -> tuple
     latent it resumes from, captures before, start time)."""
     k, committed, went_back = resume_point(f.session)
     captures = len(f.captures())
-    srv.env = {FAULT_ENV: kill.rule(k, int(went_back))} if kill and kill.rule else {}
+    srv.env = {FAULT_ENV: kill.rule(k)} if kill and kill.rule else {}
     started = time.time()
     srv.start()
     assert srv.session(SESSION)["iteration"] == k

@@ -29,6 +29,15 @@ def test_fault_rules_match_patterns_and_count_hits(monkeypatch):
         atomic_files.fault_point("after_replace:state.json")
 
 
+def test_a_fault_scope_names_the_points_reached_inside_it(monkeypatch):
+    monkeypatch.setenv(atomic_files.FAULT_ENV, "commit:before_replace:state.json:enospc")
+    atomic_files.fault_point("before_replace:state.json")  # another thread's write of the same file
+    with atomic_files.fault_scope("commit"):
+        with pytest.raises(OSError, match="No space left"):
+            atomic_files.fault_point("before_replace:state.json")
+    atomic_files.fault_point("before_replace:state.json")
+
+
 def test_loading_a_session_removes_temp_files_and_refuses_links(tmp_path):
     registry = SessionRegistry(tmp_path)
     session = registry.get("s", create=True)

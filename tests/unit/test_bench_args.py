@@ -94,6 +94,7 @@ BENCH = Path(__file__).resolve().parents[2] / "tools" / "bench"
 @pytest.mark.parametrize(("script", "args", "message"), [
     ("cpu_ops.py", ["--frames", "0"], "--frames: 0 must be >= 1"),
     ("cpu_ops.py", ["--repeats", "-2"], "--repeats: -2 must be >= 1"),
+    ("commit_time.py", ["--frames", "0"], "--frames: 0 must be >= 1"),
     ("frame_encode.py", ["--size", "10x10"], "positive multiples of 8"),
     ("frame_encode.py", ["--rounds", "0"], "--rounds: 0 must be >= 1"),
     ("loop_fps.py", ["--node-iterations", "0"], "--node-iterations: 0 must be >= 1"),
@@ -113,3 +114,13 @@ def test_frame_encode_measures_both_encoders(tmp_path):
     results = json.loads(out.read_text())
     for encoder in results["encoders"].values():
         assert encoder["encode_ms"] > 0 and encoder["bytes"] > 0 and encoder["executor_slowdown"] > 0
+
+
+def test_commit_time_measures_both_commits(tmp_path):
+    out = tmp_path / "ct.json"
+    done = subprocess.run([sys.executable, str(BENCH / "commit_time.py"), "--size", "64x32", "--frames", "2",
+                           "--repeats", "1", "--output", str(out)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    results = json.loads(out.read_text())
+    assert sorted(results["executor_ms"]) == ["pack", "replaced"]
+    assert all(ms > 0 for ms in results["executor_ms"].values()) and results["executor_speedup"] > 0

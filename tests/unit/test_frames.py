@@ -12,8 +12,11 @@ import pytest
 import torch
 from PIL import Image, PngImagePlugin
 
-from core.loop.frames import (FrameWriter, encode_png, frame_name, frames_on_disk, oldest_kept, png_text,
-                         select_frames, shown_frame, to_uint8, unplayed_run)
+import threading
+
+from core.loop.frames import (CONVERT_ON_WRITER, PENDING_COMMITS, PINNED_COPY, PLAIN_COPY, FrameBatch, FrameWriter,
+                              encode_png, frame_name, frames_on_disk, host_transfer, oldest_kept, png_text,
+                              select_frames, shown_frame, to_uint8, unplayed_run)
 
 
 @pytest.mark.parametrize("shape", [(256, 512, 3), (1, 1, 3), (7, 13, 4), (9, 5, 1)])
@@ -211,3 +214,57 @@ def test_the_writer_reports_a_folder_it_cannot_make_and_recovers(tmp_path):
     writer.submit(2, np.zeros((1, 2, 2, 3), np.uint8))
     assert writer.flush(10) and writer.error is None
     assert [p.name for p in blocker.iterdir()] == [frame_name(2)]
+
+
+@pytest.mark.parametrize("device, transfer", [("cpu", CONVERT_ON_WRITER), ("cuda", PINNED_COPY),
+                                              ("cuda:1", PINNED_COPY), ("mps", PLAIN_COPY), ("xpu", PLAIN_COPY)])
+def test_frames_reach_the_writer_in_one_copy_pinned_from_cuda(device, transfer):
+    assert host_transfer(torch.device(device)) == transfer
+
+
+def test_a_frame_batch_gives_the_writer_the_rounded_uint8_frames():
+    images = torch.rand(3, 5, 7, 3) * 1.2 - 0.1
+    frames = np.asarray(FrameBatch(images))
+    assert frames.dtype == np.uint8 and frames.shape == (3, 5, 7, 3)
+    assert np.array_equal(frames, (images.clamp(0, 1) * 255).round().to(torch.uint8).numpy())
+
+
+def test_committed_frames_are_announced_after_their_commit_and_dropped_ones_deleted(tmp_path):
+    written, calls = [], []
+    writer = FrameWriter(tmp_path, retention=10, on_written=written.append)
+    batch = np.zeros((2, 2, 2, 3), np.uint8)
+
+    def commit(stands):
+        def call(frames_written):
+            calls.append((frames_written, sorted(p.name for p in tmp_path.iterdir()), list(written)))
+            return stands
+        return call
+
+    writer.submit(1, batch, commit=commit(True))
+    writer.submit(3, batch, commit=commit(False))
+    assert writer.flush(10)
+    assert calls[0] == (True, [frame_name(1), frame_name(2)], []), "the frames are on disk, not yet announced"
+    assert [[index for index, _ in w] for w in written] == [[1, 2]]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [frame_name(1), frame_name(2)]
+    assert writer.last_written == 2
+
+
+def test_at_most_two_commits_wait_behind_their_frames(tmp_path):
+    writer = FrameWriter(tmp_path, retention=10)
+    release, entered = threading.Event(), threading.Event()
+
+    def slow(frames_written):
+        entered.set()
+        return release.wait(10)
+
+    batch = np.zeros((1, 2, 2, 3), np.uint8)
+    for first in range(1, PENDING_COMMITS + 1):
+        writer.submit(first, batch, commit=slow)
+    assert entered.wait(10)
+    third = threading.Thread(target=writer.submit, args=(9, batch), kwargs={"commit": lambda written: True})
+    third.start()
+    third.join(0.3)
+    assert third.is_alive(), "a third commit waits while two are pending"
+    release.set()
+    third.join(10)
+    assert not third.is_alive() and writer.flush(10)

@@ -2,10 +2,14 @@
 
 import json
 
+import pytest
 import torch
 
+from core import atomic_files
+from core.loop.frames import frames_on_disk
 from core.loop.iteration import Iteration, PromptChoice
 from core.loop.live_session import Host, LiveSessions
+from core.loop.loop_service import LoopService
 from core.loop.session_settings import DEFAULTS, SessionSettings, autoqueue_settings
 
 
@@ -56,3 +60,42 @@ def test_the_autoqueue_settings_come_from_the_node_wired_to_the_session():
                                                           "min_delay": float("nan")}}}
     assert autoqueue_settings(prompt, "s", "Session", "AutoQueue") == {"enabled": True, "max_iterations": 7}
     assert autoqueue_settings(prompt, "other", "Session", "AutoQueue") == {"enabled": False}
+
+
+def test_a_commit_failing_on_the_writer_is_raised_by_the_next_commit_and_the_retries_wait(tmp_path, monkeypatch):
+    sessions = LiveSessions(host(tmp_path))
+    service = LoopService(sessions)
+
+    def commit() -> None:
+        service.begin("s", 8.0, 1.0, None, None, None)
+        frames = 1 if sessions.session("s").iteration == 0 else 3
+        service.commit("s", torch.randn(frames, 4, 2, 2), torch.rand(frames, 16, 16, 3), 1, 10, None, b"")
+
+    commit()
+    live = sessions.get("s")
+    live.session.state = "running"  # a running loop: the next iteration follows
+    live.change_settings(enabled=True)
+    assert live.writer().flush(10)
+    monkeypatch.setenv(atomic_files.FAULT_ENV, "before_replace:state.json:enospc")
+    commit()  # returns before its keyframe is durable
+    assert live.writer().flush(10)
+    assert live.session.iteration == 1, "the failed keyframe is rolled back in memory"
+    assert frames_on_disk(live.session.frames_dir).keys() == {1}, "and its frames deleted"
+    for _ in range(2):  # raised by the next commit; the retries wait for their own
+        with pytest.raises(RuntimeError, match="DreamWindowCommit: cannot save the session state .*No space left"):
+            commit()
+        assert live.session.iteration == 1
+    monkeypatch.delenv(atomic_files.FAULT_ENV)
+    commit()
+    assert live.session.iteration == 2
+    assert json.loads((live.session.folder / "state.json").read_text())["iteration"] == 2
+    assert not live.session.commits_failing
+
+
+def test_the_last_commit_of_a_run_is_durable_when_commit_returns(tmp_path):
+    sessions = LiveSessions(host(tmp_path))
+    service = LoopService(sessions)
+    service.begin("s", 8.0, 1.0, None, None, None)  # idle: no iteration follows by itself
+    service.commit("s", torch.randn(1, 4, 2, 2), torch.rand(1, 16, 16, 3), 1, 10, None, b"")
+    state = json.loads((sessions.get("s").session.folder / "state.json").read_text())
+    assert state["iteration"] == 1 and (sessions.get("s").session.frames_dir / "frame_00000001.png").exists()

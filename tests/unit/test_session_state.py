@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from core import atomic_files
-from core.loop.frames import frame_name
+from core.loop.frames import frame_name, frames_on_disk
 from core.loop.session import SessionError, SessionRegistry, strip_is_changed, validate_name
 
 
@@ -53,6 +53,72 @@ def test_failed_commit_leaves_state_unchanged(tmp_path, monkeypatch):
     monkeypatch.delenv(atomic_files.FAULT_ENV)
     reloaded = SessionRegistry(tmp_path).get("dream")
     assert reloaded.iteration == 1 and torch.equal(reloaded.prev_latent, torch.ones(1, 4, 2, 2))
+
+
+def state_file(tmp_path) -> dict:
+    return json.loads((tmp_path / "dream" / "state.json").read_text())
+
+
+def test_a_staged_keyframe_is_in_memory_at_once_and_on_disk_once_committed(tmp_path):
+    s = SessionRegistry(tmp_path).get("dream", create=True)
+    s.commit_keyframe(torch.ones(1, 4, 2, 2), 1, 1, {})
+    commit = s.stage_keyframe(torch.zeros(1, 4, 2, 2), 2, 11, {"n": 2}, {"rotation": {"slot": 1}})
+    assert s.iteration == 2 and s.next_frame == 13 and torch.equal(s.prev_latent, torch.zeros(1, 4, 2, 2))
+    s.state = "running"
+    s.save_control()
+    on_disk = state_file(tmp_path)
+    assert on_disk["iteration"] == 1 and on_disk["next_frame"] == 2 and on_disk["state"] == "running"
+    assert SessionRegistry(tmp_path).get("dream").iteration == 1, "a restart now resumes from keyframe 1"
+    assert (s.summary()["iteration"], s.summary()["frames"]) == (1, 1), "the session reports what is durable"
+    assert commit(True) and commit.first == 2
+    assert (s.summary()["iteration"], s.summary()["frames"]) == (2, 12)
+    on_disk = state_file(tmp_path)
+    assert (on_disk["iteration"], on_disk["next_frame"], on_disk["rotation"]) == (2, 13, {"slot": 1})
+    assert sorted(p.name for p in (tmp_path / "dream").glob("latents-*")) == ["latents-00000002.safetensors"]
+
+
+def test_a_failed_commit_rolls_memory_back_and_drops_the_later_ones(tmp_path, monkeypatch):
+    s = SessionRegistry(tmp_path).get("dream", create=True)
+    s.commit_keyframe(torch.ones(1, 4, 2, 2), 1, 1, {})
+    before = (tmp_path / "dream" / "state.json").read_bytes()
+    second = s.stage_keyframe(torch.zeros(1, 4, 2, 2), 2, 11, {})
+    third = s.stage_keyframe(torch.full((1, 4, 2, 2), 3.0), 3, 11, {})
+    monkeypatch.setenv(atomic_files.FAULT_ENV, "before_replace:state.json:enospc")
+    assert not second(True) and isinstance(second.error, OSError) and s.commit_error is second.error
+    monkeypatch.delenv(atomic_files.FAULT_ENV)
+    assert s.iteration == 1 and s.next_frame == 2 and torch.equal(s.prev_latent, torch.ones(1, 4, 2, 2))
+    assert s.commits_failing
+    assert not third(True) and third.error is None, "built on the failed keyframe: dropped"
+    assert (tmp_path / "dream" / "state.json").read_bytes() == before
+    assert sorted(p.name for p in (tmp_path / "dream").glob("latents-*")) == ["latents-00000001.safetensors"]
+    assert s.stage_keyframe(torch.zeros(1, 4, 2, 2), 2, 11, {})(True) and not s.commits_failing
+
+
+def test_unwritten_frames_drop_their_keyframe(tmp_path):
+    s = SessionRegistry(tmp_path).get("dream", create=True)
+    s.commit_keyframe(torch.ones(1, 4, 2, 2), 1, 1, {})
+    assert not s.stage_keyframe(torch.zeros(1, 4, 2, 2), 2, 11, {})(False)
+    assert s.iteration == 1 and s.next_frame == 2 and s.commit_error is None
+    assert state_file(tmp_path)["iteration"] == 1
+
+
+def test_reset_drops_the_pending_commit(tmp_path):
+    s = SessionRegistry(tmp_path).get("dream", create=True)
+    s.commit_keyframe(torch.ones(1, 4, 2, 2), 1, 1, {})
+    pending = s.stage_keyframe(torch.zeros(1, 4, 2, 2), 2, 11, {})
+    s.reset()
+    assert not pending(True)
+    assert state_file(tmp_path)["iteration"] == 0 and s.next_frame == 2
+    assert not list((tmp_path / "dream").glob("latents-*"))
+
+
+def test_loading_rolls_back_the_frames_of_keyframes_never_committed(tmp_path):
+    s = SessionRegistry(tmp_path).get("dream", create=True)
+    s.commit_keyframe(torch.ones(1, 4, 2, 2), 1, 1, {})
+    s.frames_dir.mkdir()
+    for index in (1, 2, 3):
+        (s.frames_dir / frame_name(index)).write_bytes(b"png")
+    assert sorted(frames_on_disk(SessionRegistry(tmp_path).get("dream").frames_dir)) == [1]
 
 
 def test_reset_keeps_frame_numbering(tmp_path):

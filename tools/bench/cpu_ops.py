@@ -94,7 +94,7 @@ def main() -> int:
     cases = []
     for n in args.frames:
         images = torch.rand(n + 1, height, width, 3) * 1.2 - 0.1
-        if not torch.equal(torch.from_numpy(to_uint8(images)), textbook_uint8(images)):
+        if not torch.equal(to_uint8(images), textbook_uint8(images)):
             raise SystemExit(f"N={n}: the two uint8 conversions disagree")
         cases.append((f"slerp N={n}", lambda n=n: textbook_slerp(a, b, n), lambda n=n: interpolation.interpolate(a, b, n)))
         cases.append((f"to uint8 {n + 1} frames", lambda i=images: textbook_uint8(i), lambda i=images: to_uint8(i)))

@@ -5,7 +5,8 @@
 # euler/karras, denoise 0.2, N = 10 and 32; interp_path also N = 64) with the full SD1.5
 # architecture (random fp16 weights made at run time by tools/harness/make_tiny_models.py full_sd15 with
 # ComfyUI's own classes). Named on the command line instead: any of those and frame_encode,
-# cpu_ops (CPU-side tensor work under a busy frame writer), loop_fps (CUDA graph off and on, and
+# cpu_ops (CPU-side tensor work under a busy frame writer), commit_time (Commit's executor time, the
+# asynchronous commit vs the replaced one, images on the GPU), loop_fps (CUDA graph off and on, and
 # where an iteration's time goes), cuda_graph (tools/bench/cuda_graph_bench.py) and divisor_fps (loop fps
 # per resolution divisor 1, 1.5, 2, 3 as ratios against 1); `all` runs every one.
 # The environment and the models always come first. Every result goes to $OUT (suite.log, one
@@ -25,7 +26,7 @@ repo=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$repo"
 mode=gpu
 ISSUE=(interp_path loop_overhead vs_controller memory)
-ALL=("${ISSUE[@]}" frame_encode cpu_ops loop_fps cuda_graph divisor_fps)
+ALL=("${ISSUE[@]}" frame_encode cpu_ops commit_time loop_fps cuda_graph divisor_fps)
 [ "${1:-}" = --cpu-dry-run ] && { mode=cpu; shift; }
 only=("${@:-${ISSUE[@]}}")
 [ "${only[*]}" = all ] && only=("${ALL[@]}")
@@ -46,14 +47,14 @@ log=$out/suite.log
 if [ $mode = gpu ]; then
   # Each benchmark's defaults on CUDA / with --gpu are the replaced controller's settings.
   kinds=(full_sd15); ckpt=dream_window_full_sd15.safetensors; device=(--gpu)
-  interp=(); loop=(); vs=(); mem=(); fps=(); enc=(); ops=(--repeats 15); div=()
+  interp=(); loop=(); vs=(); mem=(); fps=(); enc=(); ops=(--repeats 15); commit=(--device cuda); div=()
 else
   kinds=(sd15); ckpt=dream_window_tiny_sd15.safetensors; device=()
   interp=(--frames 2 4 --taesd-size 64x32 --kl-size 32x16 --repeats 1)
   loop=(--frames 2 --steps 2 --rounds 1 --iterations 2 --node-iterations 1)
   vs=(--frames 2 --steps 2 --keyframes 3); mem=(--iterations 20 --warmup 5)
   fps=(--frames 2 --steps 2 --warmup 1 --iterations 2 --node-iterations 2); enc=(--rounds 1)
-  ops=(--repeats 2 --frames 2); div=(--size 64x64 --frames 2 --iterations 1)
+  ops=(--repeats 2 --frames 2); commit=(--repeats 2); div=(--size 64x64 --frames 2 --iterations 1)
 fi
 server=("${device[@]}" --models "$models" --checkpoint "$ckpt" --front-end-root "$front" --python "$PY")
 failed=()
@@ -75,6 +76,7 @@ wanted vs_controller && step vs_controller "$PY" tools/bench/vs_controller.py "$
 wanted memory && step memory "$PY" tools/bench/memory.py "${server[@]}" "${mem[@]}" --output "$out/memory.json"
 wanted frame_encode && step frame_encode "$PY" tools/bench/frame_encode.py "${enc[@]}" --output "$out/frame_encode.json"
 wanted cpu_ops && step cpu_ops "$PY" tools/bench/cpu_ops.py "${ops[@]}" --output "$out/cpu_ops.json"
+wanted commit_time && step commit_time "$PY" tools/bench/commit_time.py "${commit[@]}" --output "$out/commit_time.json"
 wanted loop_fps && step loop_fps "$PY" tools/bench/loop_fps.py "${server[@]}" "${fps[@]}" ${LOOP_PROFILE:+--profile "$LOOP_PROFILE"} \
   --output "$out/loop_fps.json"
 wanted divisor_fps && step divisor_fps "$PY" tools/bench/divisor_fps.py "${server[@]}" "${div[@]}" --output "$out/divisor_fps.json"

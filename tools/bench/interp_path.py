@@ -3,7 +3,8 @@ replaced controller's per-frame path, same VAE, same device, in one process.
 
 * **batched** (the pack): ``core.loop.interpolation.interpolate`` of the two keyframe latents
   (on ComfyUI's intermediate device, where KSampler leaves them), ``VAE.decode`` of the whole
-  batch (what the workflow's VAE Decode node does), ``core.loop.frames.to_uint8``. The PNG encode
+  batch (what the workflow's VAE Decode node does), ``core.loop.frames.FrameBatch`` (uint8 on the
+  device, one copy to the host). The PNG encode
   of each frame runs in the loop's frame writer thread, off the executor: it is shown apart
   and a second ratio includes it;
 * **original** (``docs/design.md`` §1.1, per interpolated frame, rebuilt in ``replaced_controller.py``):
@@ -27,6 +28,7 @@ import argparse
 import sys
 from collections.abc import Callable
 
+import numpy as np
 import replaced_controller
 import torch
 from common import (
@@ -44,7 +46,7 @@ from common import (
 )
 
 from core.loop import interpolation
-from core.loop.frames import encode_png, to_uint8
+from core.loop.frames import FrameBatch, encode_png
 
 VAE_KINDS = ("taesd", "kl")
 TARGET_SPEEDUP = 5.0
@@ -83,7 +85,7 @@ def batched_path(vae, a: torch.Tensor, b: torch.Tensor, count: int) -> dict[str,
     """The pack's path for ``count`` frames; component times in ms for the whole batch."""
     latents, slerp_ms = timed_ms(lambda: interpolation.interpolate(a[0], b[0], count), a.device)
     images, decode_ms = timed_ms(lambda: vae.decode(latents), vae.device)
-    frames, uint8_ms = timed_ms(lambda: to_uint8(images))
+    frames, uint8_ms = timed_ms(lambda: np.asarray(FrameBatch(images)))
     _, write_ms = timed_ms(lambda: [encode_png(frame) for frame in frames])
     return {"slerp": slerp_ms, "decode": decode_ms, "uint8": uint8_ms, "png_encode_off_thread": write_ms}
 
