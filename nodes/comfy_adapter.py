@@ -22,6 +22,7 @@ from server import PromptServer
 import comfy.model_management as model_management
 from comfy.cli_args import args as cli_args
 
+from ..core.loop.decode import VaeDecoder, vae_decoder
 from ..core.loop.supervisor import ConfigurationError
 
 VERSIONED_APIS = ("v0_0_3", "v0_0_2")
@@ -50,7 +51,8 @@ log = logging.getLogger("dream_window")
 __all__ = ["ComfyExtension", "io", "ui", "schema", "Choice", "ComfyBackend", "server", "output_directory",
            "input_directory", "executing_prompt_id", "executing_node_id", "current_client_id",
            "run_on_server_loop", "intermediate_device", "send_event", "routes", "model_path", "models_folders",
-           "torch_device", "metadata_disabled", "model_files", "stored_settings", "free_models", "loaded_models"]
+           "torch_device", "frame_decoder", "metadata_disabled", "model_files", "stored_settings", "free_models",
+           "loaded_models"]
 
 _SCHEMA_FIELDS = set(inspect.signature(io.Schema).parameters)
 
@@ -140,6 +142,11 @@ def loaded_models() -> int:
 
 def torch_device():
     return model_management.get_torch_device()
+
+
+def frame_decoder(vae) -> VaeDecoder:
+    """The pack's decode of the workflow's VAE (``core.loop.decode``), with ComfyUI's model management."""
+    return vae_decoder(vae, model_management)
 
 
 def intermediate_device():

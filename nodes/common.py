@@ -11,7 +11,7 @@ CATEGORY = "dream_window"
 SessionType = io.Custom("DREAM_WINDOW_SESSION")
 CacheType = io.Custom("DREAM_WINDOW_CACHE")
 
-__all__ = ["CATEGORY", "CacheType", "SessionType", "fail", "finite", "session_input"]
+__all__ = ["CATEGORY", "CacheType", "SessionType", "fail", "finite", "output_linked", "session_input"]
 
 
 def session_input() -> "io.Input":
@@ -25,3 +25,14 @@ def finite(node: str, **values: float) -> None:
     for key, value in values.items():
         if not math.isfinite(value):
             raise fail(node, f"{key} must be a number, got {value}: give it a number")
+
+
+def output_linked(prompt: dict | None, node_id: str | None, index: int) -> bool:
+    """Whether any node of the queued ``prompt`` takes output ``index`` of node ``node_id`` (True when
+    the prompt is unknown)."""
+    if prompt is None or node_id is None:
+        return True
+    link = [str(node_id), index]
+    return any(isinstance(value, list) and len(value) == 2 and [str(value[0]), value[1]] == link
+               for node in prompt.values() if isinstance(node, dict)
+               for value in (node.get("inputs") or {}).values())

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections import OrderedDict
 
 from ..core.loop import interpolation, prompts, resolution
-from ..core.loop.frames import frame_name, png_text
+from ..core.loop.frames import frame_name, png_text, to_image
 from ..core.loop.iteration import MODES
 from ..core.loop.loop_service import (AUTOQUEUE_NODE, COMMIT_NODE, INTERPOLATE_NODE, LATENT_SCALE, MAX_SIZE, MIN_SIZE,
                                  PROMPTS_NODE, SESSION_NODE, SOURCE_NODE)
@@ -14,7 +14,7 @@ from ..core.loop.session import SessionError, strip_is_changed, validate_name
 from ..core.loop.session_settings import DEFAULTS
 from . import comfy_adapter as adapter
 from .comfy_adapter import io
-from .common import CATEGORY, CacheType, SessionType, finite, session_input
+from .common import CATEGORY, CacheType, SessionType, finite, output_linked, session_input
 from .registry import LOOP, SessionHandle
 
 CONDITIONING_CACHE = 8
@@ -221,10 +221,12 @@ class DreamWindowInterpolate(io.ComfyNode):
             display_name="Dream Window Interpolate",
             category=CATEGORY,
             description="Frames between the previous keyframe and the new one: a global slerp (or lerp) of "
-                        "the whole latent with linearly interpolated magnitude, all frames at once. Outputs "
-                        "one LATENT batch (the in-between frames, then the new keyframe) for one VAE Decode. "
-                        "In the keyframe source's interpolate mode it walks to a cached keyframe instead and "
-                        "the sampler is skipped.",
+                        "the whole latent with linearly interpolated magnitude, all frames at once. With the "
+                        "checkpoint's VAE wired into 'vae' it decodes them too, straight to frames on the GPU "
+                        "(no VAE Decode node; Commit takes them), else it outputs one LATENT batch (the "
+                        "in-between frames, then the new keyframe) for one VAE Decode. In the keyframe "
+                        "source's interpolate mode it walks to a cached keyframe instead and the sampler is "
+                        "skipped.",
             search_aliases=["slerp", "latent interpolation", "tween"],
             inputs=[
                 session_input(),
@@ -240,7 +242,7 @@ class DreamWindowInterpolate(io.ComfyNode):
                 adapter.Choice("divisor", options=list(resolution.DIVISORS), default=resolution.DEFAULT_DIVISOR,
                                optional=True,
                                tooltip="Framerate mode for smaller GPUs: make the in-between frames at 1/divisor of "
-                                       "the keyframe's width and height, decode them here with 'vae' and upscale "
+                                       "the keyframe's width and height, decode them small with 'vae' and upscale "
                                        "them back (keyframes stay full size). 1: off."),
                 adapter.Choice("downsample", options=list(resolution.DOWNSAMPLE_METHODS),
                                default=resolution.DEFAULT_DOWNSAMPLE,
@@ -252,13 +254,15 @@ class DreamWindowInterpolate(io.ComfyNode):
                                tooltip="How the small decoded frames are enlarged to the keyframe's size "
                                        "(divisor > 1)."),
                 io.Vae.Input("vae", optional=True,
-                             tooltip="The workflow's VAE: decodes the small in-between frames when divisor > 1."),
+                             tooltip="The checkpoint's VAE: this node decodes the frames with it, on the VAE's "
+                                     "device, and Commit takes them (leave Commit's 'images' unwired). Needed "
+                                     "for divisor > 1. Unwired: decode this node's output with VAE Decode."),
             ],
             outputs=[io.Latent.Output("frames_out", display_name="frames",
-                                      tooltip="In-between frames then the new keyframe, as one batch. The first "
-                                              "iteration has no previous keyframe and emits the keyframe only; "
-                                              "with divisor > 1 the batch is the keyframe alone (this node decoded "
-                                              "the in-between frames and Commit puts them before it).")],
+                                      tooltip="In-between frames then the new keyframe, as one batch: wire it into "
+                                              "Commit's 'latents'. The first iteration has no previous keyframe and "
+                                              "emits the keyframe only; with divisor > 1 the batch is the keyframe "
+                                              "alone (the small in-between frames exist only decoded).")],
         )
 
     @classmethod
@@ -273,9 +277,9 @@ class DreamWindowInterpolate(io.ComfyNode):
     def execute(cls, session, frames, method, easing, keyframe=None, divisor=resolution.DEFAULT_DIVISOR,
                 downsample=resolution.DEFAULT_DOWNSAMPLE, upscale=resolution.DEFAULT_UPSCALE, vae=None):
         samples = keyframe["samples"] if keyframe is not None else None
+        decoder = adapter.frame_decoder(vae) if vae is not None else None
         return io.NodeOutput({"samples": LOOP.interpolate(session.name, samples, frames, method, easing, divisor,
-                                                          downsample, upscale,
-                                                          vae.decode if vae is not None else None)})
+                                                          downsample, upscale, decoder)})
 
 
 class DreamWindowCommit(io.ComfyNode):
@@ -286,6 +290,7 @@ class DreamWindowCommit(io.ComfyNode):
             display_name="Dream Window Commit",
             category=CATEGORY,
             description="Records the new keyframe in the session (persisted atomically), numbers the frames "
+                        "(decoded by the Interpolate node with its VAE, or by VAE Decode into 'images') "
                         "and writes each one to disk once, off the executor thread, into "
                         "output/dream_window/<session>/frames with a retention limit; with a cache wired in, "
                         "embeds the keyframe and the pair's midpoint and admits the diverse ones. Each frame PNG "
@@ -298,8 +303,9 @@ class DreamWindowCommit(io.ComfyNode):
                 session_input(),
                 io.Latent.Input("latents", tooltip="The Interpolate node's batch (its last latent is the new "
                                                    "keyframe; the next iteration starts from it)."),
-                io.Image.Input("images", tooltip="The same batch decoded (VAE Decode of the Interpolate node's "
-                                                 "output)."),
+                io.Image.Input("images", optional=True,
+                               tooltip="Leave unwired when the Interpolate node has the VAE (it decoded the frames). "
+                                       "Else: VAE Decode of the Interpolate node's output."),
                 io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFF, control_after_generate=False,
                              tooltip="The keyframe's sampler seed, recorded in the session (wire it from the "
                                      "keyframe source)."),
@@ -316,7 +322,7 @@ class DreamWindowCommit(io.ComfyNode):
                      io.Image.Output("keyframe", display_name="keyframe",
                                      tooltip="The new keyframe as an IMAGE (the last frame of the batch): wire "
                                              "it into Preview Image, Save Image or a video node.")],
-            hidden=[io.Hidden.prompt, io.Hidden.extra_pnginfo],
+            hidden=[io.Hidden.prompt, io.Hidden.unique_id, io.Hidden.extra_pnginfo],
         )
 
     @classmethod
@@ -335,13 +341,17 @@ class DreamWindowCommit(io.ComfyNode):
         return float("nan")
 
     @classmethod
-    def execute(cls, session, latents, images, seed, retention, cache=None):
-        shown = LOOP.commit(session.name, latents["samples"], images, seed, retention, cache, cls._frame_text())
+    def execute(cls, session, latents, seed, retention, images=None, cache=None):
+        shown, keyframe = LOOP.commit(session.name, latents["samples"], images, seed, retention, cache,
+                                      cls._frame_text())
         ui = None
         if shown is not None:
             subfolder = f"dream_window/{session.name}/frames"
             ui = {"images": [{"filename": frame_name(shown), "subfolder": subfolder, "type": "output"}]}
-        return io.NodeOutput(session, images[-1:], ui=ui)
+        keyframe = to_image(keyframe)
+        if output_linked(cls.hidden.prompt, cls.hidden.unique_id, 1):  # else no wait for the GPU's copy
+            keyframe = keyframe.to(adapter.intermediate_device())
+        return io.NodeOutput(session, keyframe, ui=ui)
 
 
 class DreamWindowAutoQueue(io.ComfyNode):

@@ -100,6 +100,12 @@ def to_uint8(images: torch.Tensor) -> torch.Tensor:
     return scaled.clamp_(0.0, 255.0).round_().to(torch.uint8)
 
 
+def to_image(frames: torch.Tensor) -> torch.Tensor:
+    """uint8 frames ``[B, H, W, C]`` → a ComfyUI IMAGE (float32 in 0..1) on their device; an IMAGE is
+    returned as it is."""
+    return frames.to(torch.float32).div_(255.0) if frames.dtype == torch.uint8 else frames
+
+
 CONVERT_ON_WRITER, PINNED_COPY, PLAIN_COPY = "convert on the writer", "pinned copy", "plain copy"
 
 
@@ -112,8 +118,9 @@ def host_transfer(device: torch.device | str) -> str:
 
 
 class FrameBatch:
-    """A decoded IMAGE batch on its way to the frame writer (see ``host_transfer``); the caller's thread
-    only starts the work. ``np.asarray(batch)`` (on the writer) gives the uint8 ``[B, H, W, C]`` frames."""
+    """A decoded batch on its way to the frame writer (see ``host_transfer``): an IMAGE batch, or frames
+    already uint8 ``[B, H, W, C]`` (the pack's decode, ``core.loop.decode``); the caller's thread only
+    starts the work. ``np.asarray(batch)`` (on the writer) gives the uint8 frames."""
 
     def __init__(self, images: torch.Tensor) -> None:
         images = images.detach()
@@ -122,7 +129,7 @@ class FrameBatch:
         if transfer == CONVERT_ON_WRITER:
             self._images, self._frames = images, None
             return
-        frames = to_uint8(images)
+        frames = images if images.dtype == torch.uint8 else to_uint8(images)
         if transfer == PINNED_COPY:
             self._frames = torch.empty(frames.shape, dtype=torch.uint8, pin_memory=True)
             self._frames.copy_(frames, non_blocking=True)
@@ -133,7 +140,8 @@ class FrameBatch:
 
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
         if self._frames is None:
-            return to_uint8(self._images).numpy()
+            images = self._images
+            return (images if images.dtype == torch.uint8 else to_uint8(images)).numpy()
         if self._copied is not None:
             self._copied.synchronize()
         return self._frames.numpy()

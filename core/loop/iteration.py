@@ -46,9 +46,9 @@ class Iteration:
     """The injection decision (``InjectionDecision.to_dict``), when the policy made one."""
     walk: WalkTarget | None = None
     prompt: PromptChoice | None = None
-    inbetweens: torch.Tensor | None = None
-    """The in-between frames Interpolate decoded itself (an IMAGE batch at the keyframe's size), when a
-    resolution divisor made them small; Commit puts them before the keyframe."""
+    frames: torch.Tensor | None = None
+    """The frames Interpolate decoded with the workflow's VAE (uint8 ``[B, H, W, C]`` on the VAE's device:
+    the in-between frames, then the keyframe), for Commit."""
     started: float = field(default_factory=time.monotonic)
     source_done: float | None = None
     sampled: float | None = None

@@ -22,7 +22,8 @@ import torch
 from . import interpolation, prompts, resolution
 from ..cache.aesthetic_loop import ACTION_CACHE, ACTION_NONE, ACTION_SEED, AestheticLoop
 from ..cache.store import CacheStoreError, EmbeddingMismatchError
-from .frames import FrameBatch, frames_on_disk, select_frames
+from .decode import VaeDecoder, pixels_to_uint8
+from .frames import FrameBatch, frames_on_disk, select_frames, to_image
 from .seed_images import fit_image, load_image, seed_files
 from .iteration import Iteration, PromptChoice, WalkTarget
 from .live_session import LiveSession, LiveSessions, LoopMemory
@@ -49,8 +50,6 @@ SEEDS_IN_WALK = 32
 
 Encode = Callable[[torch.Tensor], torch.Tensor]
 """The workflow's VAE encode: an IMAGE batch to a latent."""
-Decode = Callable[[torch.Tensor], torch.Tensor]
-"""The workflow's VAE decode: a latent batch to an IMAGE batch."""
 
 
 class LoopService:
@@ -241,11 +240,12 @@ class LoopService:
         return record is not None and record.walking
 
     def interpolate(self, name: str, keyframe: torch.Tensor | None, frames: int, method: str, easing: str,
-                    divisor: str, downsample: str, upscale: str, decode: Decode | None) -> torch.Tensor:
+                    divisor: str, downsample: str, upscale: str, decoder: VaeDecoder | None) -> torch.Tensor:
         """Interpolate: the frames between the previous keyframe and the new one (the sampled keyframe, or
-        the walk's target), then the new one, as one latent batch. With a divisor above 1 the frames between
-        are made small, decoded here and upscaled (``core.loop.resolution``); the batch is the new keyframe
-        alone and Commit puts those frames before it."""
+        the walk's target), then the new one, as one latent batch. With the workflow's VAE (``decoder``)
+        the node also decodes them, straight to uint8 frames on the VAE's device (``core.loop.decode``),
+        kept in the iteration record for Commit. With a divisor above 1 the frames between are made small,
+        decoded and upscaled (``core.loop.resolution``), and the latent batch is the new keyframe alone."""
         live = self.sessions.get(name)
         record = self._iteration(live)
         record.sampled = record.now()
@@ -260,53 +260,62 @@ class LoopService:
                                          f"set the sampler's batch size to 1")
         if frames < 0:
             raise fail(INTERPOLATE_NODE, f"frames must be >= 0, got {frames}")
-        with live.session.lock:
-            prev = live.session.prev_latent
-        if prev is not None and frames and record.mode != "img2img":
-            prev = prev.to(new.device, new.dtype)
-            if prev.shape != new.shape:
-                raise fail(INTERPOLATE_NODE, f"the new keyframe {tuple(new.shape)} does not match the previous one "
-                                             f"{tuple(prev.shape)}; reset the session after changing size or model")
-            if resolution.factor(divisor) == 1:
-                new = torch.cat([interpolation.interpolate(prev[0], new[0], frames, method, easing), new], dim=0)
-            else:
-                record.inbetweens = self._small_inbetweens(prev, new, frames, method, easing, divisor, downsample,
-                                                           upscale, decode)
-        record.interpolated = record.now()
-        return new
-
-    @staticmethod
-    def _small_inbetweens(prev: torch.Tensor, new: torch.Tensor, frames: int, method: str, easing: str,
-                          divisor: str, downsample: str, upscale: str, decode: Decode | None) -> torch.Tensor:
-        """The frames between two keyframe latents made at the divisor's size, decoded and upscaled back to
-        the keyframe's pixel size on the device the decode gives them on."""
-        if decode is None:
+        small = resolution.factor(divisor) != 1
+        if small and decoder is None:
             raise fail(INTERPOLATE_NODE, f"divisor {divisor} decodes the in-between frames in this node: wire the "
                                          f"checkpoint's VAE into 'vae', or set divisor to 1")
-        size = resolution.small_size(new.shape[-2], new.shape[-1], resolution.factor(divisor))
-        pair = resolution.downscale(torch.cat([prev, new]), size, downsample)
-        images = decode(interpolation.interpolate(pair[0], pair[1], frames, method, easing))
-        scale_h, scale_w = images.shape[1] // size[0], images.shape[2] // size[1]
-        return resolution.upscale(images, (new.shape[-2] * scale_h, new.shape[-1] * scale_w), upscale)
+        with live.session.lock:
+            prev = live.session.prev_latent
+        pair = None
+        if prev is not None and frames and record.mode != "img2img":
+            pair = prev.to(new.device, new.dtype)
+            if pair.shape != new.shape:
+                raise fail(INTERPOLATE_NODE, f"the new keyframe {tuple(new.shape)} does not match the previous one "
+                                             f"{tuple(pair.shape)}; reset the session after changing size or model")
+        batch = new
+        if pair is not None and not small:
+            batch = torch.cat([interpolation.interpolate(pair[0], new[0], frames, method, easing), new], dim=0)
+        record.interpolated = record.now()
+        if decoder is not None:
+            record.frames = self._decode(decoder, batch, pair if small else None, frames, method, easing, divisor, downsample, upscale)
+            record.decoded = record.now()
+        return batch
+
+    @staticmethod
+    def _decode(decoder: VaeDecoder, batch: torch.Tensor, prev: torch.Tensor | None, frames: int, method: str,
+                easing: str, divisor: str, downsample: str, upscale: str) -> torch.Tensor:
+        """The iteration's uint8 frames on the VAE's device: ``batch`` decoded, or (a divisor, and ``prev``
+        the previous keyframe) the small in-between frames (decoded, upscaled to the keyframe's size) then
+        the keyframe ``batch``."""
+        if prev is None:
+            return decoder.frames(batch)
+        size = resolution.small_size(batch.shape[-2], batch.shape[-1], resolution.factor(divisor))
+        pair = resolution.downscale(torch.cat([prev, batch]), size, downsample)
+        small = decoder.pixels(interpolation.interpolate(pair[0], pair[1], frames, method, easing))
+        scale_h, scale_w = small.shape[-2] // size[0], small.shape[-1] // size[1]
+        pixels = resolution.upscale(small, (batch.shape[-2] * scale_h, batch.shape[-1] * scale_w), upscale)
+        out = torch.empty((frames + 1, *pixels.shape[-2:], pixels.shape[1]), dtype=torch.uint8, device=pixels.device)
+        pixels_to_uint8(pixels, out[:frames], signed=False)
+        decoder.frames(batch, out=out[frames:])
+        return out
 
     # -- commit ---------------------------------------------------------------------------
-    def commit(self, name: str, latents: torch.Tensor, images: torch.Tensor, seed: int, retention: int,
-               cache: CacheSettings | None, frame_text: bytes) -> int | None:
+    def commit(self, name: str, latents: torch.Tensor, images: torch.Tensor | None, seed: int, retention: int,
+               cache: CacheSettings | None, frame_text: bytes) -> tuple[int | None, torch.Tensor]:
         """Commit: record the new keyframe in the session (the one place the policy state and the prompt
         rotation advance), close the iteration, hand its frames and its durable commit to the writer.
-        Returns the newest frame written before (for the node's preview), None when none was.
+        The frames are those the Interpolate node decoded, or the IMAGE batch wired in (``images``).
+        Returns the newest frame written before (for the node's preview; None when none was) and the new
+        keyframe's frame (uint8 where Interpolate decoded, else an IMAGE row).
 
         The keyframe is durable once the writer wrote its frames, its latents and ``state.json``; the
         next iteration starts from it in memory. A commit that failed there is raised here, by the next
         one, and until one succeeds each commit is waited for (so the retries fail here, as they would
         in line); so is the last one of a run (stopped, autoqueue off, ``max_iterations`` reached)."""
-        if images.dim() != 4 or images.shape[0] == 0:
-            raise fail(COMMIT_NODE, f"expected a batch of images, got shape {tuple(images.shape)}")
-        if latents.dim() != 4 or latents.shape[0] != images.shape[0]:
-            raise fail(COMMIT_NODE, f"{tuple(latents.shape)[:1]} latents but {images.shape[0]} images: decode the "
-                                    f"Interpolate node's output and wire both here")
         live = self.sessions.get(name)
         session = live.session
+        record = self._iteration(live)
+        frames = self._frames(record, latents, images)
         live.change_settings(retention=int(retention))
         writer = live.writer()
         self._check_frames_folder(writer.folder)
@@ -314,28 +323,50 @@ class LoopService:
             error, writer.error = writer.error, None
             raise fail(COMMIT_NODE, f"cannot write frames to {writer.folder}: {error}; free disk space or make the "
                                     f"folder writable, then start the session again", retry=True)
-        if session.iteration == 0 and images.shape[0] != 1:
+        if session.iteration == 0 and frames.shape[0] != 1:
             raise fail(COMMIT_NODE, f"the first iteration has no previous keyframe and must give 1 frame, got "
-                                    f"{images.shape[0]}; wire the Interpolate node's output into VAE Decode")
-        record = self._iteration(live)
-        record.decoded = record.now()
+                                    f"{frames.shape[0]}; wire the Interpolate node's output into VAE Decode")
+        if record.decoded is None:
+            record.decoded = record.now()
         loop = live.memory.cache_loop if cache is not None else None
         if loop is not None:  # before the commit: an analysis failing here leaves the state as it was
             self._settle(live.memory, COMMIT_NODE)
-            self._offer_to_cache(live, loop, record, latents, images)
-        if record.inbetweens is not None:
-            images = torch.cat([record.inbetweens.to(images.device, images.dtype), images])
-        commit = self._persist(live, record, loop, latents[-1:], int(seed), int(images.shape[0]))
+            self._offer_to_cache(live, loop, record, latents, frames)
+        commit = self._persist(live, record, loop, latents[-1:], int(seed), int(frames.shape[0]))
         live.committed()
         shown = writer.last_written
-        live.submit(commit, FrameBatch(images), frame_text)
+        live.submit(commit, FrameBatch(frames), frame_text)
         if commit.waited:
             commit.done.wait()
             with session.lock:
                 session.commit_error = None
             if commit.error is not None:
                 raise self._state_error(session, commit.error)
-        return shown
+        return shown, frames[-1:]
+
+    @staticmethod
+    def _frames(record: Iteration, latents: torch.Tensor, images: torch.Tensor | None) -> torch.Tensor:
+        """The iteration's frames: the uint8 frames the Interpolate node decoded, or the IMAGE batch wired
+        into Commit (one image per latent); never both."""
+        if latents.dim() != 4 or latents.shape[0] == 0:
+            raise fail(COMMIT_NODE, f"expected a batch of latents, got shape {tuple(latents.shape)}: wire the "
+                                    f"Interpolate node's output into 'latents'")
+        if record.frames is not None:
+            if images is not None:
+                raise fail(COMMIT_NODE, "the Interpolate node decoded these frames already (its 'vae' is wired): "
+                                        "remove the link into 'images' and the VAE Decode node before it, or "
+                                        "unwire the Interpolate node's 'vae'")
+            return record.frames
+        if images is None:  # also after a reset during this iteration: the retry decodes again
+            raise fail(COMMIT_NODE, "no frames reached Commit: wire the checkpoint's VAE into the Interpolate "
+                                    "node's 'vae' (it decodes the frames), or VAE Decode of its output into "
+                                    "'images'", retry=True)
+        if images.dim() != 4 or images.shape[0] == 0:
+            raise fail(COMMIT_NODE, f"expected a batch of images, got shape {tuple(images.shape)}")
+        if latents.shape[0] != images.shape[0]:
+            raise fail(COMMIT_NODE, f"{tuple(latents.shape)[:1]} latents but {images.shape[0]} images: decode the "
+                                    f"Interpolate node's output and wire both here")
+        return images
 
     @staticmethod
     def _persist(live: LiveSession, record: Iteration, loop: AestheticLoop | None, keyframe: torch.Tensor,
@@ -393,15 +424,19 @@ class LoopService:
     def _offer_to_cache(self, live: LiveSession, loop: AestheticLoop, record: Iteration, batch: torch.Tensor,
                         images: torch.Tensor) -> None:
         """Embed the keyframe (and the pair's midpoint) in one batch; admit, analyse: on the cache
-        worker when the strategy allows it (the next keyframe source waits for it), else here."""
+        worker when the strategy allows it (the next keyframe source waits for it), else here. The two
+        frames are copied to the CPU by the analysis itself, so on the worker Commit never waits for the
+        GPU to finish decoding them."""
         rows = [batch.shape[0] - 1] + ([(batch.shape[0] - 1) // 2] if batch.shape[0] > 1 else [])
-        latents, pair = batch[rows].to("cpu", torch.float32), images[rows].cpu()  # copies: the frames change below
+        offset = images.shape[0] - batch.shape[0]  # a divisor's in-between frames have no latent here
         keyframe, injected, admit = record.keyframe, record.injected, not record.walking
         prompt = record.prompt.positive if record.prompt is not None else ""
         memory, prefix = live.memory, self._log_prefix(live.name, COMMIT_NODE)
 
         def analyse() -> None:
             with torch.inference_mode():
+                latents = batch[rows].to("cpu", torch.float32)
+                pair = to_image(images[[offset + row for row in rows]].cpu())
                 made = loop.after_keyframe(keyframe, latents, pair, injected=injected, prompt=prompt, admit=admit)
             if made.get("cache_error"):
                 log.warning("%s: keyframe %d not cached, the loop goes on without caching: %s", prefix, keyframe,

@@ -41,12 +41,11 @@ def downscale(latents: torch.Tensor, size: tuple[int, int], method: str) -> torc
     return F.interpolate(latents, size=size, mode=method, antialias=method in _SMOOTH)
 
 
-def upscale(images: torch.Tensor, size: tuple[int, int], method: str) -> torch.Tensor:
-    """An IMAGE batch ``[B, h, w, C]`` resampled to ``size`` on its device, kept within [0, 1]."""
+def upscale(pixels: torch.Tensor, size: tuple[int, int], method: str) -> torch.Tensor:
+    """Decoded pixels ``[B, C, h, w]`` in 0..1 resampled to ``size`` on their device, kept within [0, 1]."""
     _check(method, UPSCALE_METHODS)
-    out = F.interpolate(images.movedim(-1, 1), size=size, mode=method,
-                        **({"align_corners": False} if method in _SMOOTH else {}))
-    return out.clamp_(0.0, 1.0).movedim(1, -1)
+    out = F.interpolate(pixels, size=size, mode=method, **({"align_corners": False} if method in _SMOOTH else {}))
+    return out.clamp_(0.0, 1.0)
 
 
 def _check(method: str, methods: tuple[str, ...]) -> None:

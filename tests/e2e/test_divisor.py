@@ -1,4 +1,5 @@
-"""Framerate modes: the Interpolate node's resolution divisor on a real ComfyUI 0.3.75."""
+"""The Interpolate node's decode (against ComfyUI's VAE Decode) and its framerate modes (the resolution
+divisor), on a real ComfyUI 0.3.75."""
 
 from __future__ import annotations
 
@@ -14,9 +15,10 @@ SIZE, FRAMES = 64, 3
 DIVISOR_INPUTS = ("divisor", "downsample", "upscale", "vae")
 
 
-def dream_frames(comfy, session: str, **interpolate) -> list[np.ndarray]:
+def dream_frames(comfy, session: str, vae_decode: bool = False, **interpolate) -> list[np.ndarray]:
     """The frames on disk after two keyframes with a replayable seed sequence: keyframe 1, the
-    in-between frames, keyframe 2. ``interpolate`` replaces the bundled divisor inputs (none: absent)."""
+    in-between frames, keyframe 2. ``interpolate`` replaces the bundled divisor inputs (none: absent);
+    ``vae_decode``: ComfyUI's VAE Decode node decodes the batch into Commit's 'images' instead."""
     wf = dream_workflow(session, size=SIZE)
     wf["5"]["inputs"].update(seed_mode="sequence", base_seed=7)
     wf["10"]["inputs"]["max_iterations"] = 2
@@ -25,6 +27,9 @@ def dream_frames(comfy, session: str, **interpolate) -> list[np.ndarray]:
     for key in DIVISOR_INPUTS:
         del inputs[key]
     inputs.update(interpolate)
+    if vae_decode:
+        wf["8"] = {"class_type": "VAEDecode", "inputs": {"samples": ["7", 0], "vae": ["1", 2]}}
+        wf["9"]["inputs"]["images"] = ["8", 0]
     comfy.queue(wf)
     comfy.wait_for(lambda: (comfy.session(session) or {}).get("state") == "stopped", timeout=120,
                    what=f"two iterations of {session}")
@@ -34,8 +39,17 @@ def dream_frames(comfy, session: str, **interpolate) -> list[np.ndarray]:
     return [np.asarray(Image.open(p).convert("RGB")) for p in paths]
 
 
+def test_the_packs_decode_writes_the_frames_comfyuis_vae_decode_makes(comfy):
+    """Tolerance 0 on the CPU: the same VAE model, the same float32 mapping to 0..255, the same rounding."""
+    comfy_decoded = dream_frames(comfy, "decoded_by_comfyui", vae_decode=True)
+    pack = dream_frames(comfy, "decoded_by_the_pack", vae=["1", 2])
+    assert len({frame.tobytes() for frame in pack}) > 1, "the frames differ from one another"
+    for index, (a, b) in enumerate(zip(comfy_decoded, pack)):
+        assert np.array_equal(a, b), f"frame {index + 1}: max difference {np.abs(a.astype(int) - b).max()}"
+
+
 def test_divisor_makes_small_inbetweens_and_keeps_the_keyframes(comfy):
-    before = dream_frames(comfy, "divisor_absent")
+    before = dream_frames(comfy, "divisor_absent", vae=["1", 2])
     full = dream_frames(comfy, "divisor_1", divisor="1", downsample="area", upscale="bilinear", vae=["1", 2])
     assert all(np.array_equal(a, b) for a, b in zip(before, full)), "divisor 1 is the path without the input"
 

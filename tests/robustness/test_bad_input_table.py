@@ -61,10 +61,10 @@ def load_latent(name: str) -> dict:
     return {"class_type": "LoadLatent", "inputs": {"latent": name}}
 
 
-def commit(latents: list, images: list, **inputs) -> dict:
+def commit(latents: list, images: list | None, **inputs) -> dict:
     return {"class_type": "DreamWindowCommit",
-            "inputs": {"session": ["s", 0], "latents": latents, "images": images, "seed": 0, "retention": 128,
-                       **inputs}}
+            "inputs": {"session": ["s", 0], "latents": latents, "seed": 0, "retention": 128,
+                       **({"images": images} if images is not None else {}), **inputs}}
 
 
 def empty_image(batch: int) -> dict:
@@ -177,6 +177,15 @@ NODE_ROWS = [
     NodeRow("commit-mismatched-batches", graph(l=load_latent("dw_bad_two.latent"), img=empty_image(3),
                                                c=commit(["l", 0], ["img", 0])),
             ("DreamWindowCommit", "but 3 images", "wire both here"), runtime=True),
+    NodeRow("commit-without-frames", graph(l=load_latent("dw_bad_one.latent"), c=commit(["l", 0], None)),
+            ("DreamWindowCommit", "no frames reached Commit", "wire the checkpoint's VAE into the Interpolate "
+             "node's 'vae'", "or VAE Decode of its output into 'images'"), runtime=True),
+    NodeRow("commit-frames-decoded-twice",
+            graph(ckpt={"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": TINY_SD15}},
+                  l=load_latent("dw_bad_one.latent"), i=interpolate(["l", 0], vae=["ckpt", 2]), img=empty_image(3),
+                  c=commit(["i", 0], ["img", 0])),
+            ("DreamWindowCommit", "decoded these frames already", "remove the link into 'images'",
+             "or unwire the Interpolate node's 'vae'"), runtime=True),
     NodeRow("commit-zero-retention", graph(l=load_latent("dw_bad_one.latent"), img=empty_image(1),
                                            c=commit(["l", 0], ["img", 0], retention=0)),
             ("DreamWindowCommit", "Value 0 smaller than min of 1", "retention")),

@@ -16,7 +16,7 @@ import threading
 
 from core.loop.frames import (CONVERT_ON_WRITER, PENDING_COMMITS, PINNED_COPY, PLAIN_COPY, FrameBatch, FrameWriter,
                               encode_png, frame_name, frames_on_disk, host_transfer, oldest_kept, png_text,
-                              select_frames, shown_frame, to_uint8, unplayed_run)
+                              select_frames, shown_frame, to_image, to_uint8, unplayed_run)
 
 
 @pytest.mark.parametrize("shape", [(256, 512, 3), (1, 1, 3), (7, 13, 4), (9, 5, 1)])
@@ -227,6 +227,14 @@ def test_a_frame_batch_gives_the_writer_the_rounded_uint8_frames():
     frames = np.asarray(FrameBatch(images))
     assert frames.dtype == np.uint8 and frames.shape == (3, 5, 7, 3)
     assert np.array_equal(frames, (images.clamp(0, 1) * 255).round().to(torch.uint8).numpy())
+
+
+def test_uint8_frames_reach_the_writer_as_they_are_and_become_an_image_again():
+    frames = torch.randint(0, 256, (2, 3, 4, 3), dtype=torch.uint8)
+    assert np.array_equal(np.asarray(FrameBatch(frames)), frames.numpy())
+    image = to_image(frames)
+    assert image.dtype == torch.float32 and torch.equal(to_uint8(image), frames)
+    assert to_image(image) is image
 
 
 def test_committed_frames_are_announced_after_their_commit_and_dropped_ones_deleted(tmp_path):

@@ -27,18 +27,18 @@ def test_area_downscale_averages_the_cells_each_small_cell_covers():
         assert rs.downscale(latents, (3, 5), method).shape == (2, 4, 3, 5)
 
 
-def test_upscale_enlarges_the_image_batch_within_range():
-    images = torch.zeros(3, 4, 6, 3)
-    images[:, :, 3:] = 1.0  # a hard edge: bicubic overshoots it
-    nearest = rs.upscale(images, (8, 12), "nearest-exact")
-    assert torch.equal(nearest, images.repeat_interleave(2, 1).repeat_interleave(2, 2))
-    bicubic = rs.upscale(images, (8, 12), "bicubic")
-    assert bicubic.shape == (3, 8, 12, 3) and bicubic.min() >= 0.0 and bicubic.max() <= 1.0
-    assert 0.0 < bicubic[0, 0, 5, 0] < 1.0, "a smooth method blends across the edge"
+def test_upscale_enlarges_the_decoded_pixels_within_range():
+    pixels = torch.zeros(3, 3, 4, 6)
+    pixels[..., 3:] = 1.0  # a hard edge: bicubic overshoots it
+    nearest = rs.upscale(pixels, (8, 12), "nearest-exact")
+    assert torch.equal(nearest, pixels.repeat_interleave(2, 2).repeat_interleave(2, 3))
+    bicubic = rs.upscale(pixels, (8, 12), "bicubic")
+    assert bicubic.shape == (3, 3, 8, 12) and bicubic.min() >= 0.0 and bicubic.max() <= 1.0
+    assert 0.0 < bicubic[0, 0, 0, 5] < 1.0, "a smooth method blends across the edge"
 
 
 def test_unknown_methods_are_refused_with_the_choices():
     with pytest.raises(ValueError, match="area, bilinear"):
         rs.downscale(torch.zeros(1, 4, 4, 4), (2, 2), "lanczos")
     with pytest.raises(ValueError, match="bilinear, bicubic"):
-        rs.upscale(torch.zeros(1, 4, 4, 3), (8, 8), "area")
+        rs.upscale(torch.zeros(1, 3, 4, 4), (8, 8), "area")

@@ -6,9 +6,11 @@
 # architecture (random fp16 weights made at run time by tools/harness/make_tiny_models.py full_sd15 with
 # ComfyUI's own classes). Named on the command line instead: any of those and frame_encode,
 # cpu_ops (CPU-side tensor work under a busy frame writer), commit_time (Commit's executor time, the
-# asynchronous commit vs the replaced one, images on the GPU), loop_fps (CUDA graph off and on, and
-# where an iteration's time goes), cuda_graph (tools/bench/cuda_graph_bench.py) and divisor_fps (loop fps
-# per resolution divisor 1, 1.5, 2, 3 as ratios against 1); `all` runs every one.
+# asynchronous commit vs the replaced one, frames on the GPU, with and without the cache), decode_path
+# (ComfyUI's VAE Decode vs the pack's decode to uint8 on the GPU: the CPU tail, and the pack's decode by VAE
+# dtype and memory format), loop_fps (CUDA graph off and on, the cache analysis on its worker and in
+# Commit, and where an iteration's time goes), cuda_graph (tools/bench/cuda_graph_bench.py) and divisor_fps
+# (loop fps per resolution divisor 1, 1.5, 2, 3 as ratios against 1); `all` runs every one.
 # The environment and the models always come first. Every result goes to $OUT (suite.log, one
 # JSON per benchmark).
 #
@@ -26,7 +28,7 @@ repo=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$repo"
 mode=gpu
 ISSUE=(interp_path loop_overhead vs_controller memory)
-ALL=("${ISSUE[@]}" frame_encode cpu_ops commit_time loop_fps cuda_graph divisor_fps)
+ALL=("${ISSUE[@]}" frame_encode cpu_ops commit_time decode_path loop_fps cuda_graph divisor_fps)
 [ "${1:-}" = --cpu-dry-run ] && { mode=cpu; shift; }
 only=("${@:-${ISSUE[@]}}")
 [ "${only[*]}" = all ] && only=("${ALL[@]}")
@@ -48,6 +50,7 @@ if [ $mode = gpu ]; then
   # Each benchmark's defaults on CUDA / with --gpu are the replaced controller's settings.
   kinds=(full_sd15); ckpt=dream_window_full_sd15.safetensors; device=(--gpu)
   interp=(); loop=(); vs=(); mem=(); fps=(); enc=(); ops=(--repeats 15); commit=(--device cuda); div=()
+  decode=(--vaes taesd kl --repeats 5)
 else
   kinds=(sd15); ckpt=dream_window_tiny_sd15.safetensors; device=()
   interp=(--frames 2 4 --taesd-size 64x32 --kl-size 32x16 --repeats 1)
@@ -55,6 +58,7 @@ else
   vs=(--frames 2 --steps 2 --keyframes 3); mem=(--iterations 20 --warmup 5)
   fps=(--frames 2 --steps 2 --warmup 1 --iterations 2 --node-iterations 2); enc=(--rounds 1)
   ops=(--repeats 2 --frames 2); commit=(--repeats 2); div=(--size 64x64 --frames 2 --iterations 1)
+  decode=(--size 64x32 --frames 2 --repeats 1 --variants fp32)
 fi
 server=("${device[@]}" --models "$models" --checkpoint "$ckpt" --front-end-root "$front" --python "$PY")
 failed=()
@@ -77,6 +81,7 @@ wanted memory && step memory "$PY" tools/bench/memory.py "${server[@]}" "${mem[@
 wanted frame_encode && step frame_encode "$PY" tools/bench/frame_encode.py "${enc[@]}" --output "$out/frame_encode.json"
 wanted cpu_ops && step cpu_ops "$PY" tools/bench/cpu_ops.py "${ops[@]}" --output "$out/cpu_ops.json"
 wanted commit_time && step commit_time "$PY" tools/bench/commit_time.py "${commit[@]}" --output "$out/commit_time.json"
+wanted decode_path && step decode_path "$PY" tools/bench/decode_path.py "${decode[@]}" --output "$out/decode_path.json"
 wanted loop_fps && step loop_fps "$PY" tools/bench/loop_fps.py "${server[@]}" "${fps[@]}" ${LOOP_PROFILE:+--profile "$LOOP_PROFILE"} \
   --output "$out/loop_fps.json"
 wanted divisor_fps && step divisor_fps "$PY" tools/bench/divisor_fps.py "${server[@]}" "${div[@]}" --output "$out/divisor_fps.json"

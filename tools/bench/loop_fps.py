@@ -1,17 +1,19 @@
-"""Loop frames per second with and without the CUDA-graph node, on one server in one run.
+"""Loop frames per second as shipped and in three variants, on one server in one run.
 
     python tools/bench/loop_fps.py [--gpu --models DIR --checkpoint NAME --front-end-root DIR]
 
-The bundled dream workflow (throttling off) runs ``--warmup + --iterations`` keyframes by
-itself three times: with its Dream Window CUDA Graph node disabled, enabled, and enabled with
-the cache analysis in the Commit node (tuning ``background_analysis: false``) instead of on the
-cache worker; frames produced per second are taken over the iterations after the warm-up, from
-the server-side prompt timings. The node's counters (captures, replays, fallbacks) are read from
-the server log. Two last passes (``--node-iterations`` each, CUDA graph on, the analysis on its
-worker and in Commit) time each node with the device synchronised around it, to show where an
-iteration's time goes (and how much of it is ComfyUI's own work between nodes), and the stretch
-from a Commit's start to the end of the next keyframe source, which the background analysis
-overlaps. Results: tools/bench/results/loop_fps.json.
+The bundled dream workflow (throttling off) runs ``--warmup + --iterations`` keyframes by itself four
+times: as shipped (CUDA Graph node on, the cache analysis in Commit, the Interpolate node decoding with
+its VAE), with the CUDA Graph node disabled (eager), with the cache analysis on the cache worker (tuning
+``background_analysis: true``), and with ComfyUI's VAE Decode decoding the batch into Commit's
+``images`` (Interpolate without its VAE: the path before the pack's decode). Frames produced per second
+are taken over the iterations after the warm-up, from the server-side prompt timings, and each variant
+is reported as a ratio against the shipped loop. The node's counters (captures, replays, fallbacks) are
+read from the server log. Three last passes (``--node-iterations`` each: as shipped, the analysis on its
+worker, ComfyUI's VAE Decode) time each node with the device synchronised around it, to show where an
+iteration's time goes (and how much of it is ComfyUI's own work between nodes), and the stretch from a
+Commit's start to the end of the next keyframe source, which the background analysis overlaps.
+Results: tools/bench/results/loop_fps.json.
 """
 
 from __future__ import annotations
@@ -32,15 +34,24 @@ from serverlib import (add_server_args, check_server_args, dream_workflow, node_
 COUNTERS = re.compile(r"DreamWindowCudaGraph.*?(\d+) captures, (\d+) replays, (\d+) fallbacks")
 
 
-VARIANTS = (("eager", False, True), ("cuda graph", True, True), ("cuda graph, cache analysis in Commit", True, False))
-"""(label, CUDA graph node enabled, cache analysis on the worker)."""
+SHIPPED = "as shipped"
+VARIANTS = ((SHIPPED, True, False, False), ("eager (CUDA graph off)", False, False, False),
+            ("cache analysis on its worker", True, True, False), ("ComfyUI's VAE Decode", True, False, True))
+"""(label, CUDA graph node enabled, cache analysis on the worker, ComfyUI's VAE Decode instead of the pack's)."""
+PASSES = {"as shipped": (False, False), "analysis on its worker": (True, False), "ComfyUI's VAE Decode": (False, True)}
+"""The per-node timing passes: (cache analysis on the worker, ComfyUI's VAE Decode)."""
 
 
-def workflow(args, size, session: str, iterations: int, accel: bool, background: bool) -> dict:
+def workflow(args, size, session: str, iterations: int, accel: bool, background: bool, vae_decode: bool) -> dict:
     wf = dream_workflow(args.checkpoint, size, args.steps, args.frames, session, iterations)
     wf[node_id(wf, "DreamWindowCudaGraph")]["inputs"]["enabled"] = accel
     cache = wf[node_id(wf, "DreamWindowCache")]["inputs"]
     cache["tuning"] = json.dumps({**json.loads(cache["tuning"]), "background_analysis": background})
+    if vae_decode:
+        interpolate, commit = node_id(wf, "DreamWindowInterpolate"), node_id(wf, "DreamWindowCommit")
+        vae = wf[interpolate]["inputs"].pop("vae")
+        wf["vae_decode"] = {"class_type": "VAEDecode", "inputs": {"samples": [interpolate, 0], "vae": vae}}
+        wf[commit]["inputs"]["images"] = ["vae_decode", 0]
     return wf
 
 
@@ -73,44 +84,44 @@ def main() -> int:
     size = args.size or ((512, 256) if args.gpu else (64, 64))
     rows, results = [], {"machine": machine_info(), "size": list(size), "steps": args.steps, "frames": args.frames}
     with open_server(args, "fps") as server:
-        for label, accel, background in VARIANTS:
+        for index, (label, accel, background, vae_decode) in enumerate(VARIANTS):
             total = args.warmup + args.iterations
-            wf = workflow(args, size, f"fps_{int(accel)}{int(background)}", total, accel, background)
+            wf = workflow(args, size, f"fps_{index}", total, accel, background, vae_decode)
             records = run_dream(server, wf, args.warmup, args.iterations, 900)
             seconds = records[-1]["end"] - records[0]["start"]
             fps = args.iterations * (args.frames + 1) / seconds
             results[label] = {"fps": fps, "iteration_ms": 1000 * seconds / args.iterations}
-            rows.append([label, f"{fps:.1f}", f"{1000 * seconds / args.iterations:.1f}"])
         counters = COUNTERS.findall(server.log_tail(2_000_000))
         results["cuda_graph_counters"] = [list(map(int, c)) for c in counters[-1:]]
         passes = {}
-        for label, background in (("background", True), ("in Commit", False)):
-            wf = workflow(args, size, f"fps_nodes{int(background)}", 1 + args.node_iterations, True, background)
-            set_node_timing(server, True, args.profile if background else None)
+        for index, (label, (background, vae_decode)) in enumerate(PASSES.items()):
+            wf = workflow(args, size, f"fps_nodes{index}", 1 + args.node_iterations, True, background, vae_decode)
+            profile = args.profile if label == SHIPPED else None
+            set_node_timing(server, True, profile)
             try:
                 timed = run_dream(server, wf, 1, args.node_iterations, 900)
             finally:
                 set_node_timing(server, False)
-            if args.profile and background:
+            if profile:
                 results["profile"] = server.get("/dw_bench/profile")["stats"]
             nodes = node_stats(timed)
             executing = median((r["end"] - r["start"]) * 1e3 for r in timed)
             in_nodes = median(sum(n["ms"] for n in r["nodes"] if not n["cached"]) for r in timed)
             passes[label] = {**nodes, "executing_ms": executing, "in_nodes_ms": in_nodes,
                              "commit_to_decision_ms": commit_to_decision(timed)}
-    results["nodes"], results["nodes_analysis_in_commit"] = passes["background"], passes["in Commit"]
-    speedup = ratio(results["cuda graph"]["fps"], results["eager"]["fps"])
-    results["speedup"] = speedup
+    results["nodes"] = passes
+    for label, *_ in VARIANTS:
+        results[label]["shipped_vs_this"] = ratio(results[SHIPPED]["fps"], results[label]["fps"])
+        rows.append([label, fmt(results[label]["fps"], 1), fmt(results[label]["iteration_ms"], 1),
+                     fmt(results[label]["shipped_vs_this"], 2, "x")])
     print_table(f"loop frames per second, {size[0]}x{size[1]}, {args.steps} steps, N={args.frames}, "
-                f"{args.iterations} iterations after {args.warmup} warm-up", ["loop", "fps", "ms/iteration"], rows)
-    print(f"cuda graph / eager: {speedup:.2f}x; node counters (captures, replays, fallbacks): "
-          f"{results['cuda_graph_counters'] or 'none logged'}")
-    results["background_speedup"] = ratio(results["cuda graph"]["fps"], results[VARIANTS[2][0]]["fps"])
-    print(f"cache analysis on the worker / in Commit (CUDA graph on): {fmt(results['background_speedup'], 2, 'x')}")
-    classes = sorted(set(passes["background"]["per_class_ms"]) | set(passes["in Commit"]["per_class_ms"]))
+                f"{args.iterations} iterations after {args.warmup} warm-up",
+                ["loop", "fps", "ms/iteration", "as shipped / this"], rows)
+    print(f"node counters (captures, replays, fallbacks): {results['cuda_graph_counters'] or 'none logged'}")
+    classes = sorted(set().union(*(p["per_class_ms"] for p in passes.values())))
     print_table(f"where an iteration goes, CUDA graph on ({args.node_iterations} iterations, medians, device "
-                f"synchronised around each node), with the cache analysis on its worker and in Commit",
-                ["part", "ms, worker", "ms, in Commit"],
+                f"synchronised around each node)",
+                ["part"] + [f"ms, {label}" for label in passes],
                 [[c] + [fmt(passes[p]["per_class_ms"].get(c)) for p in passes] for c in classes]
                 + [[name] + [fmt(value(passes[p])) for p in passes] for name, value in (
                     ("pack nodes", lambda r: r["pack_ms"]), ("all nodes", lambda r: r["in_nodes_ms"]),

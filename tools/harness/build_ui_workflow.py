@@ -35,7 +35,7 @@ Changing width/height of a running session needs a reset (POST /dream_window/res
 Load any SD1.5-family checkpoint in Load Checkpoint."""
 
 COLUMNS = {"1": (40, 120), "2": (420, 60), "3": (860, 560), "4": (40, 420), "5": (420, 600), "6": (860, 120),
-           "7": (1240, 120), "8": (1240, 420), "9": (1600, 120), "10": (1600, 520), "11": (40, 860),
+           "7": (1240, 120), "9": (1600, 120), "10": (1600, 520), "11": (40, 860),
            "12": (40, 700)}
 MODEL_DOWNLOADS = {
     "v1-5-pruned-emaonly.safetensors": (
