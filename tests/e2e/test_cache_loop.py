@@ -66,23 +66,30 @@ def test_img2img_mode_makes_keyframes_only(comfy):
     assert state["frames"] == state["iteration"], "img2img: one frame per iteration"
 
 
-def test_interpolate_mode_walks_between_cached_seed_images(comfy):
+@pytest.mark.parametrize("divisor", ["1", "2"])
+def test_interpolate_mode_walks_between_cached_seed_images(comfy, divisor):
     seeds = comfy.base / "input" / "walk_seeds"
     seeds.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(7)
     for i in range(3):
         Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(seeds / f"s{i}.png")
-    wf = dream_workflow("walker")
+    name = f"walker_{divisor}"
+    wf = dream_workflow(name)
     wf["5"]["inputs"].update(mode="interpolate", seed_folder="walk_seeds")
-    state = run_iterations(comfy, wf, "walker", 3)
+    wf["7"]["inputs"]["divisor"] = divisor
+    state = run_iterations(comfy, wf, name, 3)
     assert state["frames"] == 1 + (state["iteration"] - 1) * 11
-    info = comfy.get("/dream_window/cache/walker")
+    info = comfy.get(f"/dream_window/cache/{name}")
     assert sorted(e["source"] for e in info["entries"]) == ["seed"] * 3
-    folder = comfy.base / "output" / "dream_window" / "walker"
+    folder = comfy.base / "output" / "dream_window" / name
+    comfy.wait_for(lambda: len(sorted((folder / "frames").glob("frame_*.png"))) >= state["frames"],
+                   what=f"the frames of {name} on disk")
+    frames = sorted((folder / "frames").glob("frame_*.png"))
+    assert {Image.open(path).size for path in frames} == {(64, 64)}, "every frame at the keyframe size"
     committed = json.loads((folder / "state.json").read_text())
     recent = load_file(str(folder / committed["latents_file"]))
     keyframe = recent[max(recent, key=lambda key: int(key.split("_")[1]))]
-    tensors = comfy.base / "output" / "dream_window_cache" / "walker" / "tensors"
+    tensors = comfy.base / "output" / "dream_window_cache" / name / "tensors"
     cached = [load_file(str(tensors / f"{e['id']}.safetensors"))["latent"] for e in info["entries"]]
     assert any(torch.equal(keyframe, c) for c in cached), "no sampling: each keyframe is a cached seed latent"
 
