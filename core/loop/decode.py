@@ -88,34 +88,34 @@ class VaeDecoder:
         def finish(pixels: torch.Tensor, target: torch.Tensor) -> None:
             target.copy_(self.process_output(pixels))
 
-        decoded = self._decode(latents, torch.float32, None, finish, channels_last=False)
+        decoded = self._decode(latents, torch.float32, None, finish, nhwc=False)
         return decoded if decoded is not None else self.images(latents).movedim(-1, 1)
 
     def _decode(self, latents: torch.Tensor, dtype: torch.dtype, out: torch.Tensor | None,
-                finish: Callable[[torch.Tensor, torch.Tensor], None], channels_last: bool = True
+                finish: Callable[[torch.Tensor, torch.Tensor], None], nhwc: bool = True
                 ) -> torch.Tensor | None:
         """Decode chunk by chunk on the device, ``finish`` writing each chunk's pixels into its part of
-        the result (``[B, H, W, C]`` when ``channels_last``, else ``[B, C, H, W]``). None when this VAE
+        the result (``[B, H, W, C]`` when ``nhwc``, else ``[B, C, H, W]``). None when this VAE
         is decoded by ComfyUI instead (no model parts, or out of memory)."""
         if self.model is None:
             return None
         try:
             with torch.inference_mode():  # as ComfyUI's executor runs nodes: no autograd record of the model
-                return self._chunks(latents, dtype, out, finish, channels_last)
+                return self._chunks(latents, dtype, out, finish, nhwc)
         except self.out_of_memory:
             log.warning("dream_window: out of memory decoding %d frames on %s; ComfyUI's tiled decode takes over",
                         latents.shape[0], self.device)
             return None
 
     def _chunks(self, latents: torch.Tensor, dtype: torch.dtype, out: torch.Tensor | None,
-                finish: Callable[[torch.Tensor, torch.Tensor], None], channels_last: bool) -> torch.Tensor:
+                finish: Callable[[torch.Tensor, torch.Tensor], None], nhwc: bool) -> torch.Tensor:
         step = self.load(latents.shape)
         result = out
         for start in range(0, latents.shape[0], step):
             pixels = self.model(latents[start:start + step].to(self.dtype).to(self.device)).float()
             if result is None:
                 batch, channels, height, width = latents.shape[0], *pixels.shape[1:]
-                shape = (batch, height, width, channels) if channels_last else (batch, channels, height, width)
+                shape = (batch, height, width, channels) if nhwc else (batch, channels, height, width)
                 result = torch.empty(shape, dtype=dtype, device=pixels.device)
             finish(pixels, result[start:start + step])
         return result

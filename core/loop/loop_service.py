@@ -277,7 +277,8 @@ class LoopService:
             batch = torch.cat([interpolation.interpolate(pair[0], new[0], frames, method, easing), new], dim=0)
         record.interpolated = record.now()
         if decoder is not None:
-            record.frames = self._decode(decoder, batch, pair if small else None, frames, method, easing, divisor, downsample, upscale)
+            record.frames = self._decode(decoder, batch, pair if small else None, frames, method, easing, divisor,
+                                         downsample, upscale)
             record.decoded = record.now()
         return batch
 

@@ -33,8 +33,8 @@ import torch
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[2]), str(Path(__file__).resolve().parent)]
 
-from common import (comfy_vae, device_sync, fmt, frame_size, import_comfy, machine_info, median, output_arg,  # noqa: E402
-                    positive_int, print_table, ratio, write_results)
+from common import (comfy_vae, device_sync, fmt, frame_size, import_comfy, machine_info,  # noqa: E402
+                    median, output_arg, positive_int, print_table, ratio, write_results)
 
 from core.loop.decode import vae_decoder  # noqa: E402
 from core.loop.frames import FrameBatch  # noqa: E402
