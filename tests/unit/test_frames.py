@@ -231,7 +231,7 @@ def test_a_frame_batch_gives_the_writer_the_rounded_uint8_frames():
 
 def test_uint8_frames_reach_the_writer_as_they_are_and_become_an_image_again():
     frames = torch.randint(0, 256, (2, 3, 4, 3), dtype=torch.uint8)
-    assert np.array_equal(np.asarray(FrameBatch(frames)), frames.numpy())
+    assert np.array_equal(np.asarray(FrameBatch(frames)), frames.numpy()) and to_uint8(frames) is frames
     image = to_image(frames)
     assert image.dtype == torch.float32 and torch.equal(to_uint8(image), frames)
     assert to_image(image) is image

@@ -44,7 +44,7 @@ DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
 
 class TimedModel:
-    """The VAE model's decode, timed: ``spent`` ms inside it since the last ``reset``."""
+    """The VAE model's decode, timed: ``spent`` ms inside it since ``run`` set it to 0."""
 
     def __init__(self, vae) -> None:
         self.vae, self.model, self.spent = vae, vae.first_stage_model.decode, 0.0
