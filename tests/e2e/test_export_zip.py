@@ -30,7 +30,7 @@ def vm_kib(pid: int, key: str) -> int:
 
 
 @pytest.fixture(scope="module")
-def big_session(comfy, tmp_path_factory):
+def big_session(comfy):
     """A real two-keyframe session, then made larger than MEMORY_LIMIT with frames written after its own."""
     wf = dream_workflow(SESSION)
     wf["10"]["inputs"]["max_iterations"] = 2
@@ -49,7 +49,7 @@ def big_session(comfy, tmp_path_factory):
     comfy.post_json("/dream_window/delete", {"session": SESSION})
 
 
-def test_zip_export_streams_a_session_larger_than_the_memory_limit(comfy, big_session, tmp_path):
+def test_zip_export_streams_a_session_larger_than_the_memory_limit(comfy, big_session):
     frames = sorted(big_session.glob("frames/frame_*.png"))
     state = json.loads((big_session / "state.json").read_text())
     assert state["latents_file"] and sum(p.stat().st_size for p in frames) > 3 * MEMORY_LIMIT
@@ -57,16 +57,16 @@ def test_zip_export_streams_a_session_larger_than_the_memory_limit(comfy, big_se
     with open(f"/proc/{pid}/clear_refs", "w") as refs:
         refs.write("5")  # the peak RSS (VmHWM) starts again from the current RSS
     before = vm_kib(pid, "VmHWM")
-    target = tmp_path / "session.zip"
+    target = io.BytesIO()  # the bound is on the server's memory; the download stays off the disk
     request = urllib.request.Request(f"{comfy.url}/dream_window/export", method="POST",
                                      data=json.dumps({"session": SESSION, "format": "zip"}).encode(),
                                      headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=120) as response, open(target, "wb") as out:
+    with urllib.request.urlopen(request, timeout=120) as response:
         assert response.status == 200 and response.headers["Content-Type"] == "application/zip"
         assert response.headers["Content-Disposition"] == f'attachment; filename="{SESSION}.zip"'
         assert response.headers.get("Content-Length") is None, "streamed, not built in memory first"
         assert int(response.headers["X-Dream-Window-Frames"]) == len(frames)
-        shutil.copyfileobj(response, out, 1024 * 1024)
+        shutil.copyfileobj(response, target, 1024 * 1024)
     growth = (vm_kib(pid, "VmHWM") - before) * 1024
     assert growth < MEMORY_LIMIT, f"the server's peak RSS grew by {growth / 2**20:.0f} MiB during the export"
     with zipfile.ZipFile(target) as archive:
