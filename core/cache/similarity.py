@@ -42,6 +42,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from ..loop.frames import to_image
+
 ImageEncoder = Callable[[torch.Tensor], torch.Tensor]
 """Maps an IMAGE batch ``[B,H,W,3]`` (0..1) to raw embeddings ``[B,D]``."""
 
@@ -104,7 +106,9 @@ class SimilarityStrategy(ABC):
 
     Class attributes:
         name: registry name, also stored with a cache so mismatches are detected.
-        needs_image: ``embed`` requires the decoded IMAGE batch.
+        needs_image: ``embed`` requires the decoded frames (an IMAGE batch, or uint8 frames).
+        embeds_uint8: ``embed_images`` takes uint8 frames ``[B,H,W,3]`` as they are (it works on
+            bytes anyway); for the others ``embed`` makes such frames an IMAGE first.
         needs_latent: ``embed`` requires the LATENT samples batch.
         metrics: metric names, in the order ``metric_similarities`` returns them.
         defaults: calibrated per-metric thresholds.
@@ -117,6 +121,7 @@ class SimilarityStrategy(ABC):
 
     column_major_bank: ClassVar[bool] = False
     cpu_only: ClassVar[bool] = True
+    embeds_uint8: ClassVar[bool] = False
     name: ClassVar[str]
     needs_image: ClassVar[bool]
     needs_latent: ClassVar[bool]
@@ -138,7 +143,7 @@ class SimilarityStrategy(ABC):
         if self.needs_image:
             if images is None:
                 raise ValueError(f"similarity strategy '{self.name}' needs the keyframe image")
-            return self.embed_images(images)
+            return self.embed_images(images if self.embeds_uint8 else to_image(images))
         if latents is None:
             raise ValueError(f"similarity strategy '{self.name}' needs the keyframe latent")
         return self.embed_latents(latents)
@@ -185,9 +190,12 @@ def images_to_uint8(images: torch.Tensor) -> np.ndarray:
 
     ``clip(255 * x, 0, 255)`` then truncation, so an embedding of the in-memory image
     equals the embedding of the saved PNG (``core.loop.frames``
-    rounds instead, which is fine for display but would shift histogram bins).
+    rounds instead, which is fine for display but would shift histogram bins). uint8 frames
+    (what the loop's writer saves) are those bytes already: they come back as they are.
     """
     _check_images(images)
+    if images.dtype == torch.uint8:
+        return images.detach().cpu().numpy()
     scaled = np.multiply(images.detach().to("cpu", torch.float32).numpy(), np.float32(255.0))
     np.maximum(scaled, 0, out=scaled)  # np.clip's bytes, 3-4x faster; numpy stays on this thread
     np.minimum(scaled, 255, out=scaled)
@@ -257,6 +265,7 @@ class DualMetricStrategy(SimilarityStrategy):
     """HSV colour histogram + pHash-8, the dual metric (``docs/design.md`` §8)."""
 
     name = "dual_metric"
+    embeds_uint8 = True
     needs_image = True
     needs_latent = False
     metrics = ("color", "struct")

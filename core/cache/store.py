@@ -476,7 +476,7 @@ class CacheStore:
         Args:
             embedding: ``[D]`` (or ``[1,D]``) embedding from :attr:`strategy`.
             latent: keyframe latent samples, stored as given (moved to the CPU).
-            image: IMAGE ``[H,W,3]`` or ``[1,H,W,3]`` in 0..1, stored as PNG.
+            image: IMAGE ``[H,W,3]`` or ``[1,H,W,3]`` in 0..1, or uint8 frames of that shape, stored as PNG.
             source: what the frame is (``"keyframe"``, ``"midpoint"``, ``"seed"``...).
             prompt: its prompt.
             generation_params: JSON-able metadata.

@@ -23,7 +23,7 @@ from . import interpolation, prompts, resolution
 from ..cache.aesthetic_loop import ACTION_CACHE, ACTION_NONE, ACTION_SEED, AestheticLoop
 from ..cache.store import CacheStoreError, EmbeddingMismatchError
 from .decode import VaeDecoder, pixels_to_uint8
-from .frames import FrameBatch, frames_on_disk, select_frames, to_image
+from .frames import FrameBatch, frames_on_disk, select_frames
 from .seed_images import fit_image, load_image, seed_files
 from .iteration import Iteration, PromptChoice, WalkTarget
 from .live_session import LiveSession, LiveSessions, LoopMemory
@@ -437,7 +437,7 @@ class LoopService:
         def analyse() -> None:
             with torch.inference_mode():
                 latents = batch[rows].to("cpu", torch.float32)
-                pair = to_image(images[[offset + row for row in rows]].cpu())
+                pair = images[[offset + row for row in rows]].cpu()  # uint8 frames, or an IMAGE
                 made = loop.after_keyframe(keyframe, latents, pair, injected=injected, prompt=prompt, admit=admit)
             if made.get("cache_error"):
                 log.warning("%s: keyframe %d not cached, the loop goes on without caching: %s", prefix, keyframe,

@@ -161,6 +161,20 @@ def test_embed_dispatches_on_what_the_strategy_needs(images):
         pool.embed(images=images)
 
 
+def test_uint8_frames_embed_as_the_image_they_are_saved_from(images):
+    """The loop hands the cache the writer's uint8 frames: dual_metric embeds those bytes directly, the
+    same embedding as the IMAGE the frames make; an encoder strategy is given that IMAGE."""
+    frames = torch.from_numpy(sim.images_to_uint8(images))
+    as_image = frames.to(torch.float32) / 255.0
+    dual = sim.get_strategy("dual_metric")
+    torch.testing.assert_close(dual.embed(images=frames), dual.embed(images=as_image), rtol=0, atol=0)
+    assert sim.images_to_uint8(frames).tobytes() == frames.numpy().tobytes()
+    given = []
+    encoder = sim.get_strategy("clip_vision", encoder=lambda batch: given.append(batch) or batch.mean(dim=(1, 2)))
+    encoder.embed(images=frames)
+    assert given[0].dtype == torch.float32 and torch.equal(given[0], as_image)
+
+
 def test_encoder_strategies_normalise_one_batched_call(images):
     calls = []
 
