@@ -28,6 +28,7 @@ async def entrypoint() -> DreamWindowExtension:
         routes.register()
         _registered = True
         MONITOR.start()
+        SESSIONS.publish_interrupted_status()
         if settings.value(RESUME_ON_START):
             asyncio.get_running_loop().create_task(SESSIONS.resume_interrupted())
     return DreamWindowExtension()

@@ -28,7 +28,7 @@ from ..cache.store import CacheStore
 from .frames import FrameBatch, FrameWriter
 from .iteration import Iteration
 from ..window.playback import Frame, Player
-from ..window.publisher import Publisher
+from ..window.publisher import STATUS_FILE, Publisher, player_from_disk, write_status
 from .session import KeyframeCommit, Session, SessionError, SessionRegistry, validate_name
 from .session_settings import CacheSettings
 from ..cache.similarity import get_strategy
@@ -211,10 +211,7 @@ class LiveSession:
         """While the session runs, playback waits for its minimum buffer; once generation stops (stopped,
         paused, an error, max_iterations, an interrupted or single-shot session) what is buffered plays
         to the end."""
-        if state == "running":
-            self.publisher.player.wait_for_buffer()
-        else:
-            self.publisher.player.force_start()
+        playback_follows(self.publisher.player, state)
 
     def status(self, player: Player) -> dict:
         """The session's status document (``status.json`` and ``GET /dream_window/status``)."""
@@ -230,6 +227,17 @@ class LiveSession:
                             keyframe_time=stats.get("keyframe_time"), batch_decode_time=stats.get("batch_decode_time"),
                             keyframes_generated=iteration, interpolations_generated=max(0, frames - iteration),
                             cache=self.memory.cache_stats, error_message=message, paused_reason=reason)
+
+    def write_stored_status(self) -> None:
+        """Write ``status.json`` once from the session as stored, while its publisher has not started:
+        what the last server wrote there (``running``, its buffer) is stale after a restart. Starts no
+        playback."""
+        if self._publisher is None:
+            session = self.session
+            player = player_from_disk(session.folder, session.frames_dir, session.next_frame,
+                                      *session.settings.playback())
+            playback_follows(player, session.state)
+            write_status(session.folder / STATUS_FILE, self.status(player))
 
     def last_status(self) -> dict:
         publisher = self.publisher
@@ -257,6 +265,14 @@ class LiveSession:
             self._writer.flush(timeout=10)
         if self._publisher is not None:
             self._publisher.stop()
+
+
+def playback_follows(player: Player, state: str) -> None:
+    """``player`` waits for its minimum buffer while the session runs, else plays what it holds."""
+    if state == "running":
+        player.wait_for_buffer()
+    else:
+        player.force_start()
 
 
 def frame_event(name: str, frame: Frame) -> dict:
@@ -378,6 +394,16 @@ class LiveSessions:
                 except Exception as exc:
                     log.error("dream_window[%s]: could not resume at server start: %s", name, exc)
                     break
+
+    def publish_interrupted_status(self) -> None:
+        """At server start: the ``status.json`` of every session the last server left running (now
+        "interrupted") says so at once, not when the session is next used (widgets read the file)."""
+        for name in self.names():
+            try:
+                if self.session(name).state == "interrupted":
+                    self.get(name).write_stored_status()
+            except Exception as exc:  # one broken session folder must not stop the pack from loading
+                log.error("dream_window[%s]: status.json not brought up to date at server start: %s", name, exc)
 
     def _resumable(self, name: str) -> bool:
         try:

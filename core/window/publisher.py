@@ -3,7 +3,8 @@
 One thread per session ticks the ``Player`` (absolute clock, strict order) and, for each
 frame due, re-points ``current_frame.png`` at the frame's file (hard link + ``os.replace``,
 no re-encode) and tells subscribers (websocket events, MJPEG streams). Once a second it
-writes ``status.json`` atomically: this thread is the session's only status writer.
+writes ``status.json`` atomically: while it runs, this thread is the session's only status writer
+(before it starts, a server start writes an interrupted session's status once: ``write_status``).
 
 A new publisher (after a server start) plays on from the first frame on disk that was not
 shown yet: the frame ``current_frame.png`` shows is the last one played.
@@ -31,6 +32,26 @@ log = logging.getLogger("dream_window")
 TICK = 0.01
 STATUS_INTERVAL = 1.0
 JPEG_CACHE = 8
+STATUS_FILE = "status.json"
+CURRENT_FRAME_FILE = "current_frame.png"
+
+
+def player_from_disk(folder: Path, frames_dir: Path | None, next_frame: int, fps: float, target_seconds: float,
+                     min_buffer_seconds: float) -> Player:
+    """A player holding the frames in ``frames_dir`` that were not shown yet (``folder``'s current frame
+    is the last one shown), the first of them next; ``next_frame`` is the index the session's next
+    frame gets."""
+    on_disk = frames_on_disk(Path(frames_dir)) if frames_dir is not None else {}
+    unplayed = unplayed_run(on_disk, shown_frame(on_disk, Path(folder) / CURRENT_FRAME_FILE), next_frame)
+    player = Player(fps=fps, target_seconds=target_seconds, min_buffer_seconds=min_buffer_seconds,
+                    start_index=unplayed[0][0] if unplayed else next_frame)
+    player.add_frames(unplayed)
+    return player
+
+
+def write_status(path: Path, status: dict) -> None:
+    """Write a status document atomically (the file external widgets read)."""
+    atomic_write_bytes(path, status_json_bytes(status))
 
 
 class Publisher:
@@ -45,16 +66,12 @@ class Publisher:
         """``frames_dir`` holds the session's frames so far, ``next_frame`` is the index its next frame
         gets: the frames on disk that were not shown yet are played first."""
         self.folder = Path(folder)
-        self.current_link = self.folder / "current_frame.png"
-        self.status_path = self.folder / "status.json"
+        self.current_link = self.folder / CURRENT_FRAME_FILE
+        self.status_path = self.folder / STATUS_FILE
         self.status_source = status_source
         self.on_frame = on_frame
         self.on_status = on_status
-        on_disk = frames_on_disk(Path(frames_dir)) if frames_dir is not None else {}
-        unplayed = unplayed_run(on_disk, shown_frame(on_disk, self.current_link), next_frame)
-        self.player = Player(fps=fps, target_seconds=target_seconds, min_buffer_seconds=min_buffer_seconds,
-                             start_index=unplayed[0][0] if unplayed else next_frame)
-        self.player.add_frames(unplayed)
+        self.player = player_from_disk(self.folder, frames_dir, next_frame, fps, target_seconds, min_buffer_seconds)
         self.settings = (fps, target_seconds, min_buffer_seconds)
         self.last_status: dict | None = None
         self._subscribers: dict[int, Callable[[Frame], None]] = {}
@@ -146,7 +163,7 @@ class Publisher:
     def _write_status(self) -> None:
         try:
             status = self.status_source(self.player)
-            atomic_write_bytes(self.status_path, status_json_bytes(status))
+            write_status(self.status_path, status)
             self.last_status = status
             self.on_status(status)
         except Exception as exc:  # the publisher must outlive a bad status or a full disk

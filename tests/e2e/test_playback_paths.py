@@ -165,9 +165,18 @@ def test_a_restarted_session_says_interrupted_and_plays_on_from_its_first_unplay
         current = (session_folder(server, name) / "current_frame.png").read_bytes()
         shown = [i for i in on_disk(server, name) if frame_file(server, name, i).read_bytes() == current]
         assert len(shown) == 1, "the frame on screen when the server died"
+        status_file = session_folder(server, name) / "status.json"
+        assert json.loads(status_file.read_text())["state"] in ("running", "buffering"), "what the dead server left"
 
         server.start()
+        # Before anything asks for the session, the file widgets read says what the session is now,
+        # and nothing played: the frame on screen is the one the dead server showed.
+        left = json.loads(status_file.read_text())
+        assert (left["state"], left["controller_status"], left["is_buffering"]) == \
+            ("interrupted", "interrupted", False)
+        assert (session_folder(server, name) / "current_frame.png").read_bytes() == current
         listed = server.session(name)
+        assert left["keyframes_generated"] == listed["iteration"]
         newest = listed["frames"]  # the last frame of the last keyframe whose frames all reached the disk
         assert newest > shown[0] + 2, "the test needs frames left unplayed"
         assert listed["state"] == "interrupted" and listed["resumable"] is True

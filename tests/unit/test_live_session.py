@@ -99,3 +99,24 @@ def test_the_last_commit_of_a_run_is_durable_when_commit_returns(tmp_path):
     service.commit("s", torch.randn(1, 4, 2, 2), torch.rand(1, 16, 16, 3), 1, 10, None, b"")
     state = json.loads((sessions.get("s").session.folder / "state.json").read_text())
     assert state["iteration"] == 1 and (sessions.get("s").session.frames_dir / "frame_00000001.png").exists()
+
+
+def test_a_server_start_writes_the_status_of_sessions_left_running_and_survives_a_broken_one(tmp_path, caplog):
+    before = LiveSessions(host(tmp_path))
+    for name in ("left_running", "stopped"):
+        live = before.get(name, create=True)
+        live.session.state = "running" if name == "left_running" else "stopped"
+        live.session.save_control()
+        (live.session.folder / "status.json").write_text('{"state": "running"}')
+    broken = before.get("broken", create=True).session.folder
+    (broken / "state.json").write_text("{not json")
+    after = LiveSessions(host(tmp_path))  # the next server
+    after.publish_interrupted_status()
+    status = json.loads((tmp_path / "sessions" / "left_running" / "status.json").read_text())
+    assert (status["state"], status["controller_status"], status["is_buffering"]) == ("interrupted", "interrupted",
+                                                                                   False)
+    assert after.get("left_running")._publisher is None, "no playback starts"
+    assert json.loads((tmp_path / "sessions" / "stopped" / "status.json").read_text()) == {"state": "running"}, \
+        "only sessions left running are rewritten"
+    assert "dream_window[broken]: status.json not brought up to date at server start" in caplog.text
+    assert not (broken / "status.json").exists()
