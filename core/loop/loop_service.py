@@ -29,7 +29,7 @@ from .iteration import Iteration, PromptChoice, WalkTarget
 from .live_session import LiveSession, LiveSessions, LoopMemory
 from .session import KeyframeCommit, Session, SessionError, validate_name
 from .session_settings import CacheSettings, autoqueue_settings
-from .supervisor import fail
+from .supervisor import fail, finished_message
 
 log = logging.getLogger("dream_window")
 
@@ -63,20 +63,25 @@ class LoopService:
     def begin(self, name: str, fps: float, min_buffer_seconds: float, prompt: dict | None, client_id: str | None,
               extra_pnginfo: dict | None) -> None:
         """The Session node, first in every iteration: the session (made when new) takes the playback
-        settings, opens the iteration's record, and its supervisor watches the running prompt."""
+        settings, opens the iteration's record, and its supervisor watches the running prompt. A session
+        that reached the ``max_iterations`` of the workflow queued makes no keyframe more: the prompt fails
+        here and the session stays as it was."""
         try:
             live = self.sessions.get(validate_name(name), create=True)
         except SessionError as exc:
             raise fail(SESSION_NODE, str(exc)) from exc
-        live.change_settings(fps=float(fps), min_buffer_seconds=float(min_buffer_seconds))
+        prompt_id = self.host.executing_prompt_id()
+        queued = prompt_id is not None and bool(prompt)
+        autoqueue = autoqueue_settings(prompt, name, SESSION_NODE, AUTOQUEUE_NODE) if queued else {}
+        limit = autoqueue.get("max_iterations")
         with live.session.lock:
             keyframe = live.session.iteration + 1
+        if limit and keyframe > limit:
+            raise fail(SESSION_NODE, finished_message(name, limit))
+        live.change_settings(fps=float(fps), min_buffer_seconds=float(min_buffer_seconds))
         live.memory.open_iteration(keyframe)
-        prompt_id = self.host.executing_prompt_id()
-        if prompt_id is None or not prompt:
-            return
-        autoqueue = autoqueue_settings(prompt, name, SESSION_NODE, AUTOQUEUE_NODE)
-        self.host.run_on_server_loop(live.attach, prompt_id, prompt, client_id, autoqueue, extra_pnginfo)
+        if queued:
+            self.host.run_on_server_loop(live.attach, prompt_id, prompt, client_id, autoqueue, extra_pnginfo)
 
     def _iteration(self, live: LiveSession) -> Iteration:
         """The open iteration's record (a new one when a reset dropped it mid-iteration)."""

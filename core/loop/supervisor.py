@@ -55,6 +55,12 @@ class ControlRefused(Exception):
     """A control call the session's state does not allow; the message says why and what to do."""
 
 
+def finished_message(name: str, limit: int) -> str:
+    """What a session that reached its ``max_iterations`` says when it is asked for another keyframe."""
+    return (f"session {name!r} has finished: it reached max_iterations={limit}; raise max_iterations in its "
+            f"Dream Window AutoQueue node (0 = endless) and queue the workflow again")
+
+
 def type_name(cls: type) -> str:
     """An exception class as ComfyUI's history names it (``exception_type``): module and qualified
     name, or the bare name of a builtin."""
@@ -158,9 +164,7 @@ class Supervisor:
                                      f"workflow once (Queue button or POST /prompt)")
             limit = s.settings.max_iterations
             if limit and s.iteration >= limit:
-                raise ControlRefused(f"session {s.name!r} has finished: it reached max_iterations={limit}; raise "
-                                     f"max_iterations in its Dream Window AutoQueue node (0 = endless) and queue "
-                                     f"the workflow again")
+                raise ControlRefused(finished_message(s.name, limit))
             if client_id:
                 s.client_id = client_id
             s.state, s.error, s.paused_reason = "running", None, None

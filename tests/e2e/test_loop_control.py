@@ -45,6 +45,16 @@ def test_start_on_a_finished_session_says_so_and_pause_keeps_it_stopped(comfy):
     after = comfy.session("limited")
     assert after["state"] == "stopped" and after["iteration"] == 2, after
 
+    # Queueing the same workflow again (the Queue button) makes no keyframe past the limit either.
+    prompt_id = comfy.queue(wf)
+    entry = comfy.wait_for(lambda: comfy.get(f"/history/{prompt_id}").get(prompt_id), timeout=60,
+                           what="the queued prompt in the history")
+    errors = [data for kind, data in entry["status"]["messages"] if kind == "execution_error"]
+    assert entry["status"]["status_str"] == "error" and errors[0]["node_type"] == "DreamWindowSession", entry
+    assert "max_iterations=2" in errors[0]["exception_message"] and "AutoQueue" in errors[0]["exception_message"]
+    after = comfy.session("limited")
+    assert after["state"] == "stopped" and after["iteration"] == 2 and after["frames"] == done["frames"], after
+
     wf["10"]["inputs"]["max_iterations"] = 3  # a new limit: queue the workflow with it
     comfy.queue(wf)
     again = comfy.wait_for(lambda: (s := finished(comfy, "limited")) and s["iteration"] == 3 and s, timeout=60,
