@@ -194,7 +194,7 @@ def test_cache_settings_apply_from_the_next_iteration(comfy):
 
     # A strategy change over entries embedded with another strategy is refused, saying how to go on.
     wf["3"]["inputs"]["strategy"] = "dual_metric"
-    wf["10"]["inputs"]["enabled"] = False
+    wf["10"]["inputs"].update(enabled=False, max_iterations=6)  # one keyframe more: the session finished at 5
     comfy.queue(wf)
     state = comfy.wait_for(lambda: (s := comfy.session("resettle")) and s["last_error"] and s, timeout=60,
                            what="the strategy change to be refused")

@@ -28,10 +28,11 @@ def server(tmp_path_factory, artifacts):
     srv = ComfyServer(base, extra_packs=TEST_PACKS, env={
         "DREAM_WINDOW_MONITOR": "on", "DREAM_WINDOW_MONITOR_INTERVAL": str(INTERVAL),
         "DREAM_WINDOW_MONITOR_RESUME_AFTER": str(RESUME_AFTER)}).start()
-    # Before anything touches a session: the sessions folder is read when the first session is.
     for key, value in (("DreamWindow.SessionsFolder", FOLDER), ("DreamWindow.Monitor.Processes", f"other.exe, {GAME}"),
                        ("DreamWindow.Monitor.ResumeAfter", 600)):  # the environment's 2 s must win
         assert srv.post_json(f"/settings/{key}", value)[0] == 200
+    srv.stop()  # the sessions folder applies from the next start, as the settings dialog says
+    srv.start()
     yield srv
     srv.stop()
     shutil.copy(srv.log_path, artifacts / "comfy-monitor.log")

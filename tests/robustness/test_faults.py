@@ -212,8 +212,9 @@ FAULT_KILLS = [
     Kill("cache tensor after replace", lambda k: f"after_replace:{CACHE_TENSOR}:kill@3", tensor_after),
     Kill("cache index before replace", lambda k: "before_replace:cache_index.json:kill@2", index_before),
     Kill("random"),
-    Kill("status.json before replace", lambda k: "before_replace:status.json:kill", status_before),
-    Kill("status.json after replace", lambda k: "after_replace:status.json:kill", status_after),
+    # @2: the server's start writes the interrupted session's status first; the second write is the resumed loop's.
+    Kill("status.json before replace", lambda k: "before_replace:status.json:kill@2", status_before),
+    Kill("status.json after replace", lambda k: "after_replace:status.json:kill@2", status_after),
     Kill("latents before replace", lambda k: f"before_replace:latents-{k + 2:08d}.safetensors:kill",
          latents_before),
     Kill("cache tensor before replace", lambda k: f"before_replace:{CACHE_TENSOR}:kill@3", tensor_before),
