@@ -400,8 +400,9 @@ class LiveSessions:
         "interrupted") says so at once, not when the session is next used (widgets read the file)."""
         for name in self.names():
             try:
-                if self.session(name).state == "interrupted":
-                    self.get(name).write_stored_status()
+                live = self.get(name)
+                if live.session.state == "interrupted":
+                    live.write_stored_status()
             except Exception as exc:  # one broken session folder must not stop the pack from loading
                 log.error("dream_window[%s]: status.json not brought up to date at server start: %s", name, exc)
 
