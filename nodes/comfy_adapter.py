@@ -216,6 +216,12 @@ class ComfyBackend:
         running, queued = self.queue.get_current_queue_volatile()
         return any(_session_of(item[2], self.session_class_type, session) for item in list(running) + list(queued))
 
+    def drop_queued(self, session: str) -> int:
+        dropped = 0
+        while self.queue.delete_queue_item(lambda item: _session_of(item[2], self.session_class_type, session)):
+            dropped += 1
+        return dropped
+
     def prompt_queued(self, prompt_id: str) -> bool:
         running, queued = self.queue.get_current_queue_volatile()
         return any(item[1] == prompt_id for item in list(running) + list(queued))

@@ -31,6 +31,8 @@ MAX_INDEX = 10**12
 VIEWER = Path(__file__).resolve().parents[1] / "web" / "viewer"
 VIEWER_ASSETS = {"viewer.mjs": "text/javascript", "viewer.css": "text/css"}
 BOUNDARY = "dwframe"
+DELETE_WAIT = 60.0
+"""Seconds a delete waits for the session's running iteration to end."""
 STREAM_IDLE_CHECK = 0.5
 """Seconds between checks, while no frame plays, that a stream's viewer is still connected and that
 the session still has frames to show."""
@@ -88,10 +90,7 @@ async def control(request: web.Request) -> web.Response:
     if action == "export":
         return await _export(request, name, body)
     if action == "delete":
-        if live.session.state == "running":
-            return _error(409, f"{request.path}: session {name!r} is running; stop it first")
-        await asyncio.get_running_loop().run_in_executor(None, SESSIONS.delete, name)
-        return web.json_response({"session": name, "deleted": True})
+        return await _delete(request, name, live)
     if action in ("start", "resume"):
         client_id = body.get("client_id")
         if client_id is not None and not isinstance(client_id, str):
@@ -114,6 +113,26 @@ async def control(request: web.Request) -> web.Response:
     result.update(live.session.summary())
     log.info("dream_window[%s]: %s", name, action)
     return web.json_response(result)
+
+
+async def _delete(request: web.Request, name: str, live) -> web.Response:
+    """Delete a session that is not running: its queued prompts leave the queue, the iteration still
+    running ends first (``DELETE_WAIT`` s at most), then its live objects and its folder go."""
+    running = f"{request.path}: session {name!r} is running; stop it first"
+    if live.session.state == "running":
+        return _error(409, running)
+    if not await live.supervisor.wind_down(DELETE_WAIT):
+        return _error(409, f"{request.path}: session {name!r} still has an iteration running after {DELETE_WAIT:.0f} "
+                           f"s; delete it again when that ends, or cancel it in ComfyUI's queue")
+    if live.session.state == "running":  # started again while its last iteration ran
+        return _error(409, running)
+    try:
+        await asyncio.get_running_loop().run_in_executor(None, SESSIONS.delete, name)
+    except OSError as exc:
+        return _error(500, f"{request.path}: could not delete the folder of session {name!r} ({exc}); make "
+                           f"{live.session.folder} writable, or remove it by hand, and delete again")
+    log.info("dream_window[%s]: delete", name)
+    return web.json_response({"session": name, "deleted": True})
 
 
 async def control_get(request: web.Request) -> web.Response:

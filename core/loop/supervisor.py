@@ -34,6 +34,7 @@ POLL_INTERVAL = 0.002
 """Seconds between looks at the watched prompts: half of it is, on average, added to the gap
 between two iterations; a look is two dictionary lookups under ComfyUI's queue lock."""
 HOLD_POLL = 0.5
+WIND_DOWN_POLL = 0.05
 
 
 class ConfigurationError(RuntimeError):
@@ -103,6 +104,9 @@ class LoopBackend(Protocol):
 
     def delete_history(self, prompt_id: str) -> None:
         """Remove a finished prompt from the server's history."""
+
+    def drop_queued(self, session: str) -> int:
+        """Remove ``session``'s prompts waiting in the queue (not the running one); how many."""
 
 
 class Supervisor:
@@ -187,6 +191,21 @@ class Supervisor:
             self._save()
         self._wake.set()
         self.notify(self.session.summary())
+        return True
+
+    async def wind_down(self, timeout: float) -> bool:
+        """Before a delete: drop the session's prompts waiting in the queue, then wait up to ``timeout`` s
+        for its running iteration (a pause or stop lands only at the next boundary) to end. True once
+        nothing of the session is queued or running."""
+        name = self.session.name
+        dropped = self.backend.drop_queued(name)
+        if dropped:
+            log.info("dream_window[%s]: %d queued prompt(s) removed from the queue", name, dropped)
+        deadline = time.monotonic() + timeout
+        while self.backend.session_queued(name):
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(WIND_DOWN_POLL)
         return True
 
     def _save(self) -> None:

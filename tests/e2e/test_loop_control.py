@@ -8,6 +8,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -76,6 +77,46 @@ def test_configuration_error_pauses_at_once_without_retries(comfy):
     assert "dream_window[lost_dreamer]: iteration failed (" not in log, "a configuration error is never retried"
     assert "dream_window[lost_dreamer]: configuration error" in log
     assert comfy.session("lost_dreamer")["last_error"]["retries"] == 0
+
+
+def test_delete_waits_for_the_iteration_in_flight_and_drops_what_is_queued(comfy):
+    """A paused session can be deleted while its last iteration still runs (a pause lands at the next
+    boundary): the delete drops its queued prompts, waits for that iteration to end, then removes it all."""
+    inputs = comfy.base / "input"
+    hold, held = inputs / "dwtest_hold", inputs / "dwtest_held"
+    folder = comfy.base / "output" / "dream_window" / "deleted_mid"
+    wf = dream_workflow("deleted_mid", fault=True)
+    comfy.queue(wf)
+    comfy.wait_for(lambda: (comfy.session("deleted_mid") or {}).get("iteration", 0) >= 1, timeout=60,
+                   what="a first keyframe")
+    log_start = len(comfy.log_tail(10 ** 9))
+    inputs.mkdir(parents=True, exist_ok=True)
+    hold.touch()
+    reply: dict = {}
+    try:
+        comfy.wait_for(held.exists, timeout=60, what="an iteration held between Keyframe Source and the sampler")
+        comfy.control("pause", "deleted_mid")
+        waiting = comfy.queue(wf)  # the Queue button pressed again meanwhile
+        deleting = threading.Thread(target=lambda: reply.update(zip(("status", "body"), comfy.post_json(
+            "/dream_window/delete", {"session": "deleted_mid"}))))
+        deleting.start()
+        comfy.wait_for(lambda: not any(item[1] == waiting for item in comfy.get("/queue")["queue_pending"]),
+                       timeout=10, what="the delete to drop the session's queued prompt")
+        time.sleep(1.0)
+        assert deleting.is_alive() and not reply, f"the delete returned while the iteration ran: {reply}"
+        assert (folder / "state.json").exists()
+    finally:
+        hold.unlink(missing_ok=True)
+    deleting.join(60)
+    assert reply.get("status") == 200 and reply["body"].get("deleted"), reply
+    assert not folder.exists() and comfy.session("deleted_mid") is None
+    time.sleep(1.5)  # the supervisor saw its prompt end: it must not queue, write or save anything now
+    assert not folder.exists(), sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+    assert comfy.get(f"/history/{waiting}") == {}, "the dropped prompt never ran"
+    queue = comfy.get("/queue")
+    assert not queue["queue_running"] and not queue["queue_pending"], queue
+    log = comfy.log_tail(10 ** 9)[log_start:]
+    assert "Traceback" not in log and "cannot save" not in log, log[-3000:]
 
 
 @pytest.fixture(scope="module")

@@ -23,6 +23,7 @@ class FakeBackend:
         self.reject = 0
         self.on_queue = None
         self.removed = set()
+        self.dropped = []
 
     def prompt_result(self, prompt_id):
         return self.results.get(prompt_id)
@@ -45,12 +46,17 @@ class FakeBackend:
     def delete_history(self, prompt_id):
         self.deleted.append(prompt_id)
 
+    def drop_queued(self, session):
+        self.dropped.append(session)
+        return 1
+
 
 @pytest.fixture(autouse=True)
 def fast(monkeypatch):
     monkeypatch.setattr(sup_mod, "BACKOFF_BASE", 0.001)
     monkeypatch.setattr(sup_mod, "POLL_INTERVAL", 0.001)
     monkeypatch.setattr(sup_mod, "HOLD_POLL", 0.005)
+    monkeypatch.setattr(sup_mod, "WIND_DOWN_POLL", 0.001)
 
 
 def make(tmp_path, hold=lambda: False):
@@ -309,4 +315,18 @@ def test_the_monitors_pause_reason_is_kept_with_the_state_and_cleared_by_any_oth
         sup.set_state("paused", "yielding to game.exe")
         sup.set_state("stopped")
         assert session.summary()["paused_reason"] is None
+    run(main())
+
+
+def test_wind_down_drops_the_queued_prompts_and_waits_for_the_running_one(tmp_path):
+    async def main():
+        session, backend, sup = make(tmp_path)
+        backend.busy = True
+        waiting = asyncio.ensure_future(sup.wind_down(timeout=5.0))
+        await asyncio.sleep(0.05)
+        assert backend.dropped == ["s"] and not waiting.done(), "it waits while an iteration of the session runs"
+        backend.busy = False
+        assert await waiting is True
+        backend.busy = True
+        assert await sup.wind_down(timeout=0.02) is False, "still running at the deadline"
     run(main())

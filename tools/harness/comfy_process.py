@@ -145,8 +145,12 @@ class ComfyServer:
         return json.loads(body)
 
     def post_json(self, path: str, obj) -> tuple[int, dict]:
+        """Status and JSON reply; a reply that is not JSON (aiohttp's own 500 page) comes as ``{"text": ...}``."""
         status, body, _ = self.request("POST", path, json.dumps(obj).encode(), {"Content-Type": "application/json"})
-        return status, (json.loads(body) if body else {})
+        try:
+            return status, (json.loads(body) if body else {})
+        except ValueError:
+            return status, {"text": body.decode(errors="replace")}
 
     def queue(self, prompt: dict) -> str:
         status, data = self.post_json("/prompt", {"prompt": prompt, "client_id": self.client_id})
