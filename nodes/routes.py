@@ -31,8 +31,8 @@ MAX_INDEX = 10**12
 VIEWER = Path(__file__).resolve().parents[1] / "web" / "viewer"
 VIEWER_ASSETS = {"viewer.mjs": "text/javascript", "viewer.css": "text/css"}
 BOUNDARY = "dwframe"
-DELETE_WAIT = 60.0
-"""Seconds a delete waits for the session's running iteration to end."""
+WIND_DOWN_WAIT = 60.0
+"""Seconds a delete or reset waits for the session's running iteration to end."""
 STREAM_IDLE_CHECK = 0.5
 """Seconds between checks, while no frame plays, that a stream's viewer is still connected and that
 the session still has frames to show."""
@@ -108,7 +108,13 @@ async def control(request: web.Request) -> web.Response:
         sup.set_state("stopped")
         await asyncio.get_running_loop().run_in_executor(None, live.settle_commits)
     else:
-        sup.set_state("idle")
+        sup.set_state("idle")  # nothing is queued after the iteration in flight
+        if not await sup.wind_down(WIND_DOWN_WAIT):
+            return _error(409, f"{request.path}: session {name!r} is idle now, but its last iteration still "
+                               f"runs after {WIND_DOWN_WAIT:.0f} s; reset again when it ends, or cancel it in "
+                               f"ComfyUI's queue")
+        if live.session.state != "idle":  # started again while it waited: the reset still leaves it idle
+            sup.set_state("idle")
         SESSIONS.reset(name)
     result.update(live.session.summary())
     log.info("dream_window[%s]: %s", name, action)
@@ -117,13 +123,13 @@ async def control(request: web.Request) -> web.Response:
 
 async def _delete(request: web.Request, name: str, live) -> web.Response:
     """Delete a session that is not running: its queued prompts leave the queue, the iteration still
-    running ends first (``DELETE_WAIT`` s at most), then its live objects and its folder go."""
+    running ends first (``WIND_DOWN_WAIT`` s at most), then its live objects and its folder go."""
     running = f"{request.path}: session {name!r} is running; stop it first"
     if live.session.state == "running":
         return _error(409, running)
-    if not await live.supervisor.wind_down(DELETE_WAIT):
-        return _error(409, f"{request.path}: session {name!r} still has an iteration running after {DELETE_WAIT:.0f} "
-                           f"s; delete it again when that ends, or cancel it in ComfyUI's queue")
+    if not await live.supervisor.wind_down(WIND_DOWN_WAIT):
+        return _error(409, f"{request.path}: session {name!r} still has an iteration running after "
+                           f"{WIND_DOWN_WAIT:.0f} s; delete it again when that ends, or cancel it in ComfyUI's queue")
     if live.session.state == "running":  # started again while its last iteration ran
         return _error(409, running)
     try:

@@ -194,9 +194,9 @@ class Supervisor:
         return True
 
     async def wind_down(self, timeout: float) -> bool:
-        """Before a delete: drop the session's prompts waiting in the queue, then wait up to ``timeout`` s
-        for its running iteration (a pause or stop lands only at the next boundary) to end. True once
-        nothing of the session is queued or running."""
+        """Before a delete or reset: drop the session's prompts waiting in the queue, then wait up to
+        ``timeout`` s for its running iteration (a pause or stop lands only at the next boundary) to end.
+        True once nothing of the session is queued or running."""
         name = self.session.name
         dropped = self.backend.drop_queued(name)
         if dropped:

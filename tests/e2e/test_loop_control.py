@@ -3,6 +3,7 @@ TLS, file modes, and the headless demo's ``--iterations``."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import stat
@@ -79,34 +80,50 @@ def test_configuration_error_pauses_at_once_without_retries(comfy):
     assert comfy.session("lost_dreamer")["last_error"]["retries"] == 0
 
 
+@contextlib.contextmanager
+def held_iteration(comfy):
+    """The session's next iteration held in flight (by the test pack's fault node, between Keyframe Source
+    and the sampler) until the block ends."""
+    inputs = comfy.base / "input"
+    inputs.mkdir(parents=True, exist_ok=True)
+    (inputs / "dwtest_hold").touch()
+    try:
+        comfy.wait_for((inputs / "dwtest_held").exists, timeout=60, what="an iteration held in flight")
+        yield
+    finally:
+        (inputs / "dwtest_hold").unlink(missing_ok=True)
+
+
+def control_in_background(comfy, action: str, name: str) -> tuple[threading.Thread, dict]:
+    """POST a control action from a thread: (the thread, the reply's status and body once it answers)."""
+    reply: dict = {}
+    thread = threading.Thread(target=lambda: reply.update(zip(("status", "body"), comfy.post_json(
+        f"/dream_window/{action}", {"session": name}))))
+    thread.start()
+    return thread, reply
+
+
+def running_with_a_keyframe(comfy, name: str) -> int:
+    """Queue the test-size workflow with the fault node for ``name``; the log's length once it made one."""
+    comfy.queue(dream_workflow(name, fault=True))
+    comfy.wait_for(lambda: (comfy.session(name) or {}).get("iteration", 0) >= 1, timeout=60, what="a first keyframe")
+    return len(comfy.log_tail(10 ** 9))
+
+
 def test_delete_waits_for_the_iteration_in_flight_and_drops_what_is_queued(comfy):
     """A paused session can be deleted while its last iteration still runs (a pause lands at the next
     boundary): the delete drops its queued prompts, waits for that iteration to end, then removes it all."""
-    inputs = comfy.base / "input"
-    hold, held = inputs / "dwtest_hold", inputs / "dwtest_held"
     folder = comfy.base / "output" / "dream_window" / "deleted_mid"
-    wf = dream_workflow("deleted_mid", fault=True)
-    comfy.queue(wf)
-    comfy.wait_for(lambda: (comfy.session("deleted_mid") or {}).get("iteration", 0) >= 1, timeout=60,
-                   what="a first keyframe")
-    log_start = len(comfy.log_tail(10 ** 9))
-    inputs.mkdir(parents=True, exist_ok=True)
-    hold.touch()
-    reply: dict = {}
-    try:
-        comfy.wait_for(held.exists, timeout=60, what="an iteration held between Keyframe Source and the sampler")
+    log_start = running_with_a_keyframe(comfy, "deleted_mid")
+    with held_iteration(comfy):
         comfy.control("pause", "deleted_mid")
-        waiting = comfy.queue(wf)  # the Queue button pressed again meanwhile
-        deleting = threading.Thread(target=lambda: reply.update(zip(("status", "body"), comfy.post_json(
-            "/dream_window/delete", {"session": "deleted_mid"}))))
-        deleting.start()
+        waiting = comfy.queue(dream_workflow("deleted_mid", fault=True))  # the Queue button pressed meanwhile
+        deleting, reply = control_in_background(comfy, "delete", "deleted_mid")
         comfy.wait_for(lambda: not any(item[1] == waiting for item in comfy.get("/queue")["queue_pending"]),
                        timeout=10, what="the delete to drop the session's queued prompt")
         time.sleep(1.0)
         assert deleting.is_alive() and not reply, f"the delete returned while the iteration ran: {reply}"
         assert (folder / "state.json").exists()
-    finally:
-        hold.unlink(missing_ok=True)
     deleting.join(60)
     assert reply.get("status") == 200 and reply["body"].get("deleted"), reply
     assert not folder.exists() and comfy.session("deleted_mid") is None
@@ -117,6 +134,28 @@ def test_delete_waits_for_the_iteration_in_flight_and_drops_what_is_queued(comfy
     assert not queue["queue_running"] and not queue["queue_pending"], queue
     log = comfy.log_tail(10 ** 9)[log_start:]
     assert "Traceback" not in log and "cannot save" not in log, log[-3000:]
+
+
+def test_reset_while_an_iteration_runs_lets_it_end_then_starts_afresh(comfy):
+    """A reset of a running session lands after the iteration in flight: that one commits (no error is
+    left on the session), then the keyframes are forgotten and the session is idle."""
+    log_start = running_with_a_keyframe(comfy, "reset_mid")
+    with held_iteration(comfy):
+        resetting, reply = control_in_background(comfy, "reset", "reset_mid")
+        time.sleep(1.0)
+        assert resetting.is_alive() and not reply, f"the reset returned while the iteration ran: {reply}"
+    resetting.join(60)
+    assert reply.get("status") == 200 and reply["body"]["iteration"] == 0, reply
+    assert reply["body"]["state"] == "idle", reply
+    time.sleep(1.5)
+    after = comfy.session("reset_mid")
+    assert after["state"] == "idle" and after["iteration"] == 0 and after["last_error"] is None, after
+    queue = comfy.get("/queue")
+    assert not queue["queue_running"] and not queue["queue_pending"], queue
+    assert "Traceback" not in comfy.log_tail(10 ** 9)[log_start:]
+    comfy.control("start", "reset_mid")
+    comfy.wait_for(lambda: comfy.session("reset_mid")["iteration"] >= 1, timeout=60, what="a keyframe after the reset")
+    comfy.control("stop", "reset_mid")
 
 
 @pytest.fixture(scope="module")
