@@ -65,8 +65,10 @@ def test_with_disable_metadata_frames_carry_no_workflow(server):
     status, data = server.post_json("/prompt", {"prompt": wf, "extra_data": {"extra_pnginfo": {"workflow": {"n": 1}}}})
     assert status == 200, data
     frame = server.base / "output" / "dream_window" / "no_metadata" / "frames" / "frame_00000001.png"
-    server.wait_for(frame.is_file, timeout=90, what="the first frame")
+    # The commit writes the frames first and state.json after them: wait for the keyframe to be durable.
+    server.wait_for(lambda: (s := server.session("no_metadata")) and s["iteration"] == 1, timeout=90,
+                    what="the first keyframe")
+    assert json.loads((frame.parents[1] / "state.json").read_text())["iteration"] == 1
     with Image.open(frame) as image:
         assert image.text == {}
         image.load()
-    assert json.loads((frame.parents[1] / "state.json").read_text())["iteration"] == 1

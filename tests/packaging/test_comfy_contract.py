@@ -60,6 +60,7 @@ ADAPTER = {
                                                   method=True),
     "PromptServer.instance.prompt_queue.set_flag": call("execution:PromptQueue.set_flag", 2, method=True),
     "self.queue.delete_history_item": call("execution:PromptQueue.delete_history_item", 1, method=True),
+    "self.queue.delete_queue_item": call("execution:PromptQueue.delete_queue_item", 1, method=True),
     "model.clone": call("comfy.model_patcher:ModelPatcher.clone", 0, method=True),
     "patched.set_model_unet_function_wrapper": call(
         "comfy.model_patcher:ModelPatcher.set_model_unet_function_wrapper", 1, method=True),
