@@ -288,6 +288,8 @@ class LiveSessions:
         self.analyses = PendingJobs("dream_window_cache")
         self._stored: SessionRegistry | None = None
         self._live: dict[str, LiveSession] = {}
+        self._deleting: set[str] = set()
+        """Sessions whose folder a delete is removing: unknown meanwhile, so no lookup loads them again."""
         self._stores: dict[Path, CacheStore] = {}
         """One store per cache folder, shared by the sessions that name it."""
         self._lock = threading.Lock()
@@ -306,9 +308,12 @@ class LiveSessions:
 
     def get(self, name: str, create: bool = False) -> LiveSession:
         """The named live session; ``create`` makes a new session when none is stored (``KeyError`` when
-        none is and ``create`` is off, ``SessionError`` for a bad name or folder)."""
+        none is and ``create`` is off, ``SessionError`` for a bad name or folder, or one being deleted)."""
         self.stored.folder(name)  # every time: a link planted after the session was loaded is refused
         with self._lock:
+            if name in self._deleting:
+                raise SessionError(f"session {name!r} is being deleted; queue the workflow again once the delete "
+                                   f"has answered")
             live = self._live.get(name)
             if live is None:
                 live = LiveSession(self.stored.get(name, create), self.host, self.analyses)
@@ -319,7 +324,7 @@ class LiveSessions:
         return self.get(name, create).session
 
     def exists(self, name: str) -> bool:
-        return name in self._live or self.stored.exists(name)
+        return name not in self._deleting and (name in self._live or self.stored.exists(name))
 
     def loaded(self) -> list[LiveSession]:
         """The sessions in memory now (a deleted one is gone from here with all it held)."""
@@ -327,8 +332,8 @@ class LiveSessions:
             return list(self._live.values())
 
     def names(self) -> list[str]:
-        """Every stored or live session name."""
-        return sorted(set(self._live) | set(self.stored.names()))
+        """Every stored or live session name (none being deleted)."""
+        return sorted((set(self._live) | set(self.stored.names())) - self._deleting)
 
     def reset(self, name: str) -> None:
         """Forget the session's keyframes (on disk and in memory); frame numbering and playback go on."""
@@ -337,12 +342,18 @@ class LiveSessions:
         live.forget_iterations()
 
     def delete(self, name: str) -> None:
-        """Stop and drop a session's live objects, then delete its folder."""
+        """Stop and drop a session's live objects, then delete its folder; the session is unknown from the
+        start (a failed removal leaves what is left of the folder to be found again)."""
         with self._lock:
             live = self._live.pop(name, None)
-        if live is not None:
-            live.close()
-        self.stored.delete(name)
+            self._deleting.add(name)
+        try:
+            if live is not None:
+                live.close()
+            self.stored.delete(name)
+        finally:
+            with self._lock:
+                self._deleting.discard(name)
 
     def cache_loop(self, live: LiveSession, settings: CacheSettings, encoder=None) -> AestheticLoop:
         """The session's cache loop for ``settings`` (rebuilt when they change: a new admission, capacity

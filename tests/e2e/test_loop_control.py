@@ -136,6 +136,37 @@ def test_delete_waits_for_the_iteration_in_flight_and_drops_what_is_queued(comfy
     assert "Traceback" not in log and "cannot save" not in log, log[-3000:]
 
 
+def test_a_session_listed_while_it_is_deleted_does_not_come_back(comfy):
+    """The session list (and the GPU monitor) look sessions up while a delete removes the folder: none of
+    them may load the half-deleted session again and keep it listed."""
+    name, folder = "deleted_listed", comfy.base / "output" / "dream_window" / "deleted_listed"
+    comfy.queue(dream_workflow(name, autoqueue=False))
+    comfy.wait_for(lambda: finished(comfy, name) and comfy.session(name)["iteration"] == 1, timeout=60,
+                   what="one keyframe")
+    for n in range(60):  # a folder that takes a while to remove, as one of a long run's does
+        junk = folder / f"j{n:02d}"
+        junk.mkdir()
+        for i in range(80):
+            (junk / f"{i}.bin").write_bytes(b"x")
+    statuses: list[int] = []
+    listing = threading.Event()
+
+    def list_sessions():
+        while not listing.is_set():
+            statuses.append(comfy.request("GET", "/dream_window/sessions")[0])
+
+    lister = threading.Thread(target=list_sessions)
+    lister.start()
+    try:
+        assert comfy.control("delete", name)["deleted"]
+    finally:
+        listing.set()
+        lister.join(30)
+    assert len(statuses) > 1 and set(statuses) == {200}, statuses
+    assert comfy.session(name) is None, "the deleted session is listed again"
+    assert not folder.exists()
+
+
 def test_reset_while_an_iteration_runs_lets_it_end_then_starts_afresh(comfy):
     """A reset of a running session lands after the iteration in flight: that one commits (no error is
     left on the session), then the keyframes are forgotten and the session is idle."""
