@@ -239,8 +239,12 @@ async def frame(request: web.Request) -> web.Response:
 
 def _more_to_stream(name: str, publisher, sent: int) -> bool:
     """Whether a stream that sent frame ``sent`` (0: none) gets another one: the session generates, a frame
-    it made is not shown yet, or the frame shown last is still on its way to the stream."""
-    session = SESSIONS.session(name)
+    it made is not shown yet, or the frame shown last is still on its way to the stream (none once the
+    session was deleted)."""
+    try:
+        session = SESSIONS.session(name)
+    except (KeyError, SessionError):
+        return False
     if session.state == "running":
         return True
     next_index = publisher.player.metrics().next_index

@@ -151,6 +151,31 @@ def test_a_stream_notices_a_viewer_that_left_within_a_second(comfy):
         comfy.control("stop", name)
 
 
+def test_a_stream_of_a_deleted_session_ends_cleanly(comfy):
+    name = "deleted_while_viewed"
+    # 1 fps and no throttle: frames pile up unplayed, so the stream has frames left to send when it is deleted.
+    comfy.queue(loop_workflow(name, fps=1.0, iterations=3, inputs={("4", "min_buffer_seconds"): 2.0}))
+    comfy.wait_for(lambda: (s := comfy.session(name)) and s["state"] == "stopped", timeout=60,
+                   what="3 iterations")
+    with socket.create_connection(("127.0.0.1", comfy.port), timeout=10) as sock:
+        sock.sendall(f"GET /dream_window/stream/{name} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+                     .encode())
+        assert b"multipart/x-mixed-replace" in sock.recv(4096)
+        comfy.wait_for(lambda: comfy.session(name)["stream_viewers"] == 1, timeout=5, what="the viewer")
+        log_start = len(comfy.log_tail(10 ** 9))
+        assert comfy.control("delete", name)["deleted"]
+        sock.settimeout(0.2)
+        deadline, closed = time.monotonic() + 3.0, False
+        while not closed and time.monotonic() < deadline:
+            try:
+                closed = sock.recv(65536) == b""
+            except socket.timeout:
+                pass
+        assert closed, "the stream of a deleted session ends"
+    log = comfy.log_tail(10 ** 9)[log_start:]
+    assert "Error handling request" not in log and "Traceback" not in log, log[-3000:]
+
+
 def test_a_restarted_session_says_interrupted_and_plays_on_from_its_first_unplayed_frame(tmp_path):
     server = ComfyServer(tmp_path, extra_packs=TEST_PACKS).start()
     name = "restarted"
