@@ -6,6 +6,7 @@ import hashlib
 import itertools
 import json
 import re
+import time
 import zipfile
 from collections import Counter
 
@@ -13,6 +14,7 @@ import pytest
 from PIL import Image
 
 from helpers.browser import TAB_BUTTON, open_graph_editor, tab_button
+from helpers.dream_loop import held_iteration, running_with_a_keyframe
 from helpers.playback import FPS, frame_file, start_playback
 from tools.harness.comfy_process import PACK_NAME, REPO
 
@@ -287,3 +289,30 @@ def test_panel_shows_frames_exports_and_stops_the_session(comfy, graph_ui, sessi
     wait_for_text(page, ".dw-panel .dw-status [data-key=state]", "stopped")  # the status events
     page.screenshot(path=str(artifacts / "browser-panel-stopped.png"))
     assert not console.problems(), console.problems()
+
+
+def test_panel_deletes_a_paused_session_whose_last_iteration_still_runs(comfy, graph_ui):
+    """Pause, then Delete (confirmed in the frontend's dialog) while the iteration in flight still runs: the
+    panel waits for the server, then the session leaves the list, with no error shown."""
+    page, console = graph_ui
+    name = "win_delete"
+    folder = comfy.base / "output" / "dream_window" / name
+    running_with_a_keyframe(comfy, name)
+    if not page.locator(".dw-panel").count():
+        tab_button(page).click()
+    with held_iteration(comfy):
+        page.locator(f'.dw-panel tr[data-session="{name}"]').click()
+        wait_for_text(page, ".dw-panel .dw-head h3", name)
+        page.click(".dw-panel button[data-action=pause]")
+        comfy.wait_for(lambda: comfy.session(name)["state"] == "paused", timeout=10, what="pause from the panel")
+        page.click(".dw-panel button[data-action=delete]")
+        page.locator("[role=dialog] button", has_text=re.compile(r"^\s*Delete\s*$")).click()
+        time.sleep(1.0)
+        assert comfy.session(name) is not None, "the delete waits for the iteration in flight"
+    page.wait_for_selector(f'.dw-panel tr[data-session="{name}"]', state="detached", timeout=30000)
+    assert comfy.session(name) is None and not folder.exists()
+    assert not page.get_by_text(f'Dream Window: delete "{name}"').count(), "no error toast"
+    # The frontend may fetch the last iteration's output frame (the Commit node's preview) from ComfyUI's /view
+    # after the delete removed it: that 404 is its request for a file that is gone, not an error of the pack.
+    problems = [p for p in console.problems() if not ("/api/view?" in p[2] and f"dream_window%2F{name}%2F" in p[2])]
+    assert not problems, problems

@@ -3,7 +3,6 @@ TLS, file modes, and the headless demo's ``--iterations``."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import shutil
 import stat
@@ -14,7 +13,7 @@ import time
 
 import pytest
 
-from helpers.dream_loop import dream_workflow
+from helpers.dream_loop import dream_workflow, held_iteration, running_with_a_keyframe
 from tools.harness.comfy_process import REPO, TINY_SD15, ComfyServer, ensure_models, free_port
 
 pytestmark = pytest.mark.e2e
@@ -80,20 +79,6 @@ def test_configuration_error_pauses_at_once_without_retries(comfy):
     assert comfy.session("lost_dreamer")["last_error"]["retries"] == 0
 
 
-@contextlib.contextmanager
-def held_iteration(comfy):
-    """The session's next iteration held in flight (by the test pack's fault node, between Keyframe Source
-    and the sampler) until the block ends."""
-    inputs = comfy.base / "input"
-    inputs.mkdir(parents=True, exist_ok=True)
-    (inputs / "dwtest_hold").touch()
-    try:
-        comfy.wait_for((inputs / "dwtest_held").exists, timeout=60, what="an iteration held in flight")
-        yield
-    finally:
-        (inputs / "dwtest_hold").unlink(missing_ok=True)
-
-
 def control_in_background(comfy, action: str, name: str) -> tuple[threading.Thread, dict]:
     """POST a control action from a thread: (the thread, the reply's status and body once it answers)."""
     reply: dict = {}
@@ -101,13 +86,6 @@ def control_in_background(comfy, action: str, name: str) -> tuple[threading.Thre
         f"/dream_window/{action}", {"session": name}))))
     thread.start()
     return thread, reply
-
-
-def running_with_a_keyframe(comfy, name: str) -> int:
-    """Queue the test-size workflow with the fault node for ``name``; the log's length once it made one."""
-    comfy.queue(dream_workflow(name, fault=True))
-    comfy.wait_for(lambda: (comfy.session(name) or {}).get("iteration", 0) >= 1, timeout=60, what="a first keyframe")
-    return len(comfy.log_tail(10 ** 9))
 
 
 def test_delete_waits_for_the_iteration_in_flight_and_drops_what_is_queued(comfy):

@@ -3,6 +3,7 @@ latents, where a restart resumes) and its frame stream."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 import urllib.request
@@ -104,3 +105,24 @@ def read_stream(comfy, session: str, count: int | None, fmt: str | None = None,
             body = resp.read(int(headers["content-length"]))
             parts.append((headers, body, time.monotonic()))
         return dict(resp.headers), parts
+
+
+@contextlib.contextmanager
+def held_iteration(comfy):
+    """The session's next iteration held in flight (by the test pack's fault node, between Keyframe Source
+    and the sampler) until the block ends."""
+    inputs = comfy.base / "input"
+    inputs.mkdir(parents=True, exist_ok=True)
+    (inputs / "dwtest_hold").touch()
+    try:
+        comfy.wait_for((inputs / "dwtest_held").exists, timeout=60, what="an iteration held in flight")
+        yield
+    finally:
+        (inputs / "dwtest_hold").unlink(missing_ok=True)
+
+
+def running_with_a_keyframe(comfy, name: str) -> int:
+    """Queue the test-size workflow with the fault node for ``name``; the log's length once it made one."""
+    comfy.queue(dream_workflow(name, fault=True))
+    comfy.wait_for(lambda: (comfy.session(name) or {}).get("iteration", 0) >= 1, timeout=60, what="a first keyframe")
+    return len(comfy.log_tail(10 ** 9))
