@@ -110,15 +110,19 @@ async def control(request: web.Request) -> web.Response:
     else:
         sup.set_state("idle")  # nothing is queued after the iteration in flight
         if not await sup.wind_down(WIND_DOWN_WAIT):
-            return _error(409, f"{request.path}: session {name!r} is idle now, but its last iteration still "
-                               f"runs after {WIND_DOWN_WAIT:.0f} s; reset again when it ends, or cancel it in "
-                               f"ComfyUI's queue")
+            return _still_running(request, name, "reset")
         if live.session.state != "idle":  # started again while it waited: the reset still leaves it idle
             sup.set_state("idle")
         SESSIONS.reset(name)
     result.update(live.session.summary())
     log.info("dream_window[%s]: %s", name, action)
     return web.json_response(result)
+
+
+def _still_running(request: web.Request, name: str, action: str) -> web.Response:
+    """A delete or reset whose wait for the session's running iteration ran out."""
+    return _error(409, f"{request.path}: session {name!r} still has an iteration running after {WIND_DOWN_WAIT:.0f} "
+                       f"s; {action} again when it ends, or cancel it in ComfyUI's queue")
 
 
 async def _delete(request: web.Request, name: str, live) -> web.Response:
@@ -128,8 +132,7 @@ async def _delete(request: web.Request, name: str, live) -> web.Response:
     if live.session.state == "running":
         return _error(409, running)
     if not await live.supervisor.wind_down(WIND_DOWN_WAIT):
-        return _error(409, f"{request.path}: session {name!r} still has an iteration running after "
-                           f"{WIND_DOWN_WAIT:.0f} s; delete it again when that ends, or cancel it in ComfyUI's queue")
+        return _still_running(request, name, "delete")
     if live.session.state == "running":  # started again while its last iteration ran
         return _error(409, running)
     try:
