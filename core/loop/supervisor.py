@@ -128,6 +128,9 @@ class Supervisor:
         self._finished_at: float | None = None
         self._task: asyncio.Task | None = None
         self._wake = asyncio.Event()
+        self._posting = False
+        """A prompt of ours is on its way to the queue (its POST not answered yet): the queue does not show
+        it, so this stands for it when deciding whether to queue another."""
 
     # -- called from the session node (executor thread, marshalled onto the loop) --
     def attach(self, prompt_id: str, prompt: dict, client_id: str | None, settings: dict | None,
@@ -175,7 +178,7 @@ class Supervisor:
             self._save()
         self.failures = 0
         self.notify(s.summary())
-        if self.backend.session_queued(s.name):
+        if self._in_queue():
             return "already queued"
         return await self._queue()
 
@@ -198,15 +201,21 @@ class Supervisor:
         ``timeout`` s for its running iteration (a pause or stop lands only at the next boundary) to end.
         True once nothing of the session is queued or running."""
         name = self.session.name
-        dropped = self.backend.drop_queued(name)
-        if dropped:
-            log.info("dream_window[%s]: %d queued prompt(s) removed from the queue", name, dropped)
         deadline = time.monotonic() + timeout
-        while self.backend.session_queued(name):
+        while True:
+            # Again each time: a prompt whose POST was under way lands in the queue after the first drop.
+            dropped = self.backend.drop_queued(name)
+            if dropped:
+                log.info("dream_window[%s]: %d queued prompt(s) removed from the queue", name, dropped)
+            if not self._in_queue():
+                return True
             if time.monotonic() >= deadline:
                 return False
             await asyncio.sleep(WIND_DOWN_POLL)
-        return True
+
+    def _in_queue(self) -> bool:
+        """Whether a prompt of the session is queued, running, or on its way to the queue."""
+        return self._posting or self.backend.session_queued(self.session.name)
 
     def _save(self) -> None:
         """Persist the control state; a failed write is logged, never fatal.
@@ -311,7 +320,7 @@ class Supervisor:
                 await asyncio.wait_for(self._wake.wait(), HOLD_POLL)
             except asyncio.TimeoutError:
                 pass
-        if self.session.state != "running" or self.backend.session_queued(s.name):
+        if self.session.state != "running" or self._in_queue():
             return
         try:
             await self._queue()
@@ -326,11 +335,14 @@ class Supervisor:
         # The id is ours before the POST: the prompt may start (and attach) before the reply arrives.
         prompt_id = str(uuid.uuid4())
         self.own_prompts.add(prompt_id)
+        self._posting = True
         try:
             await self.backend.queue_prompt(strip_is_changed(prompt), client_id, prompt_id, extra_pnginfo)
         except BaseException:
             self.own_prompts.discard(prompt_id)
             raise
+        finally:
+            self._posting = False
         # Watch it from now on: a node that fails before the session node runs must retry too.
         self.watching.add(prompt_id)
         self._ensure_task()

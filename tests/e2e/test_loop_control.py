@@ -88,6 +88,39 @@ def control_in_background(comfy, action: str, name: str) -> tuple[threading.Thre
     return thread, reply
 
 
+def session_prompts(comfy, name: str) -> list[str]:
+    """The ids of the session's prompts queued or running now."""
+    queue = comfy.get("/queue")
+    return [item[1] for item in queue["queue_running"] + queue["queue_pending"]
+            if any(node.get("class_type") == "DreamWindowSession" and node["inputs"].get("name") == name
+                   for node in item[2].values())]
+
+
+def test_resume_pressed_at_once_from_several_clicks_runs_one_chain(comfy):
+    """Resume clicked twice (or by two clients) before the first click's prompt reached the queue: one
+    prompt is queued, the other clicks say "already queued", so the session never runs two chains."""
+    name = "double_resume"
+    running_with_a_keyframe(comfy, name)
+    comfy.control("pause", name)
+    comfy.wait_for(lambda: not session_prompts(comfy, name), timeout=60, what="the paused session's last iteration")
+    inputs = comfy.base / "input"
+    (inputs / "dwtest_hold").touch()  # the resumed iteration stays in flight while the queue is read
+    try:
+        clicks = [control_in_background(comfy, "resume", name) for _ in range(4)]
+        for thread, _ in clicks:
+            thread.join(30)
+        replies = [reply for _, reply in clicks]
+        assert all(reply.get("status") == 200 for reply in replies), replies
+        queued = [reply["body"]["prompt_id"] for reply in replies if reply["body"]["prompt_id"] != "already queued"]
+        assert len(queued) == 1, replies
+        time.sleep(0.5)
+        assert session_prompts(comfy, name) == queued
+    finally:
+        (inputs / "dwtest_hold").unlink(missing_ok=True)
+    comfy.control("stop", name)
+    comfy.wait_for(lambda: finished(comfy, name), timeout=60, what="the stopped session's last iteration")
+
+
 def test_delete_waits_for_the_iteration_in_flight_and_drops_what_is_queued(comfy):
     """A paused session can be deleted while its last iteration still runs (a pause lands at the next
     boundary): the delete drops its queued prompts, waits for that iteration to end, then removes it all."""

@@ -24,12 +24,14 @@ class FakeBackend:
         self.on_queue = None
         self.removed = set()
         self.dropped = []
+        self.pending = 0
+        self.answer = None
 
     def prompt_result(self, prompt_id):
         return self.results.get(prompt_id)
 
     def session_queued(self, session):
-        return self.busy
+        return self.busy or self.pending > 0
 
     def prompt_queued(self, prompt_id):
         return prompt_id not in self.removed and prompt_id not in self.results
@@ -38,6 +40,8 @@ class FakeBackend:
         if self.reject:
             self.reject -= 1
             raise RuntimeError("ComfyUI refused the stored workflow: missing model")
+        if self.answer is not None:  # the server answers the POST only once the test sets this event
+            await self.answer.wait()
         if self.on_queue:
             self.on_queue(prompt_id)
         self.queued.append((prompt_id, prompt, client_id))
@@ -48,7 +52,8 @@ class FakeBackend:
 
     def drop_queued(self, session):
         self.dropped.append(session)
-        return 1
+        dropped, self.pending = self.pending, 0
+        return dropped
 
 
 @pytest.fixture(autouse=True)
@@ -324,9 +329,59 @@ def test_wind_down_drops_the_queued_prompts_and_waits_for_the_running_one(tmp_pa
         backend.busy = True
         waiting = asyncio.ensure_future(sup.wind_down(timeout=5.0))
         await asyncio.sleep(0.05)
-        assert backend.dropped == ["s"] and not waiting.done(), "it waits while an iteration of the session runs"
+        assert set(backend.dropped) == {"s"} and not waiting.done(), "it waits while an iteration of the session runs"
         backend.busy = False
         assert await waiting is True
         backend.busy = True
         assert await sup.wind_down(timeout=0.02) is False, "still running at the deadline"
+    run(main())
+
+
+def test_wind_down_drops_a_prompt_whose_post_was_under_way(tmp_path):
+    """A delete or reset while the supervisor's POST of the next iteration is unanswered: the prompt lands in
+    the queue after the first drop, and is dropped then."""
+    async def main():
+        session, backend, sup = make(tmp_path)
+        session.prompt = PROMPT
+        backend.answer = asyncio.Event()
+        posting = asyncio.ensure_future(sup.start())
+        await asyncio.sleep(0.01)
+        waiting = asyncio.ensure_future(sup.wind_down(timeout=5.0))
+        await asyncio.sleep(0.05)
+        assert not waiting.done(), "the POST under way is a prompt of the session"
+        backend.pending += 1  # it reaches the queue as the POST is answered
+        backend.answer.set()
+        await posting
+        assert await waiting is True
+        assert backend.pending == 0, "the prompt that landed was dropped"
+    run(main())
+
+
+def test_concurrent_starts_queue_one_prompt(tmp_path):
+    """Resume pressed twice (or by two clients) before the first POST is answered: one prompt, one chain."""
+    async def main():
+        session, backend, sup = make(tmp_path)
+        session.prompt = PROMPT
+        backend.answer = asyncio.Event()
+        first = asyncio.ensure_future(sup.start())
+        await asyncio.sleep(0.01)
+        second = await asyncio.wait_for(sup.start(), 1.0)  # a second POST would wait for the first's answer
+        backend.answer.set()
+        await first
+        assert second == "already queued" and len(backend.queued) == 1
+    run(main())
+
+
+def test_a_start_while_the_next_iteration_is_being_queued_adds_no_second_chain(tmp_path):
+    async def main():
+        session, backend, sup = make(tmp_path)
+        sup.attach("u1", PROMPT, None, {"enabled": True})
+        backend.answer = asyncio.Event()
+        backend.results["u1"] = ("success", None)
+        await settle(lambda: backend.session_queued("s") is False and sup.watching == set())
+        assert await asyncio.wait_for(sup.start(), 1.0) == "already queued"
+        backend.answer.set()
+        await settle(lambda: len(backend.queued) == 1)
+        await asyncio.sleep(0.05)
+        assert len(backend.queued) == 1
     run(main())
