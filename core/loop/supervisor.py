@@ -128,9 +128,10 @@ class Supervisor:
         self._finished_at: float | None = None
         self._task: asyncio.Task | None = None
         self._wake = asyncio.Event()
-        self._posting = False
-        """A prompt of ours is on its way to the queue (its POST not answered yet): the queue does not show
-        it, so this stands for it when deciding whether to queue another."""
+        self._posting: str | None = None
+        """Our prompt on its way to the queue (its POST not answered yet): the queue does not show it, so
+        this stands for it when deciding whether to queue another, until the POST is answered or the prompt
+        has run and ended (on a loaded server it may, before the answer)."""
 
     # -- called from the session node (executor thread, marshalled onto the loop) --
     def attach(self, prompt_id: str, prompt: dict, client_id: str | None, settings: dict | None,
@@ -215,7 +216,7 @@ class Supervisor:
 
     def _in_queue(self) -> bool:
         """Whether a prompt of the session is queued, running, or on its way to the queue."""
-        return self._posting or self.backend.session_queued(self.session.name)
+        return self._posting is not None or self.backend.session_queued(self.session.name)
 
     def _save(self) -> None:
         """Persist the control state; a failed write is logged, never fatal.
@@ -244,6 +245,8 @@ class Supervisor:
                 if result is None:
                     continue
                 self.watching.discard(prompt_id)
+                if self._posting == prompt_id:
+                    self._posting = None
                 try:
                     await self._finished(prompt_id, *result)
                 except Exception:  # the watcher must outlive any single bad iteration
@@ -335,14 +338,17 @@ class Supervisor:
         # The id is ours before the POST: the prompt may start (and attach) before the reply arrives.
         prompt_id = str(uuid.uuid4())
         self.own_prompts.add(prompt_id)
-        self._posting = True
+        self._posting = prompt_id
         try:
             await self.backend.queue_prompt(strip_is_changed(prompt), client_id, prompt_id, extra_pnginfo)
         except BaseException:
             self.own_prompts.discard(prompt_id)
+            if self._posting == prompt_id:
+                self._posting = None
             raise
-        finally:
-            self._posting = False
+        if self._posting != prompt_id:  # the watcher saw it end while the POST went unanswered
+            return prompt_id
+        self._posting = None
         # Watch it from now on: a node that fails before the session node runs must retry too.
         self.watching.add(prompt_id)
         self._ensure_task()

@@ -385,3 +385,25 @@ def test_a_start_while_the_next_iteration_is_being_queued_adds_no_second_chain(t
         await asyncio.sleep(0.05)
         assert len(backend.queued) == 1
     run(main())
+
+
+def test_a_prompt_that_ends_before_its_post_is_answered_is_handled_once(tmp_path):
+    """Start's prompt runs and fails before ComfyUI answers the POST (a loaded server): the watcher handles
+    its end once; the POST's answer does not make the supervisor watch (and count) it again."""
+    async def main():
+        session, backend, sup = make(tmp_path)
+        session.prompt = PROMPT
+        backend.answer = asyncio.Event()
+        starting = asyncio.ensure_future(sup.start())
+        await settle(lambda: sup.own_prompts)
+        (prompt_id,) = sup.own_prompts
+        sup.attach(prompt_id, PROMPT, None, {"enabled": True})
+        backend.results[prompt_id] = ("error", {"message": "boom", "node_type": "KSampler"})
+        await settle(lambda: sup.failures == 1)
+        backend.answer.set()
+        await starting
+        await settle(lambda: len(backend.queued) == 2)  # start's prompt, then the retry
+        await asyncio.sleep(0.05)
+        assert sup.failures == 1 and session.error["retries"] == 0, session.error
+        assert len(backend.queued) == 2
+    run(main())
