@@ -21,6 +21,7 @@ def dream_frames(comfy, session: str, vae_decode: bool = False, **interpolate) -
     ``vae_decode``: ComfyUI's VAE Decode node decodes the batch into Commit's 'images' instead."""
     wf = dream_workflow(session, size=SIZE)
     wf["5"]["inputs"].update(seed_mode="sequence", base_seed=7)
+    wf["2"]["inputs"]["time_of_day"] = False  # the frames compared must not depend on the hour the test runs
     wf["10"]["inputs"]["max_iterations"] = 2
     inputs = wf["7"]["inputs"]
     inputs["frames"] = FRAMES
@@ -39,13 +40,18 @@ def dream_frames(comfy, session: str, vae_decode: bool = False, **interpolate) -
     return [np.asarray(Image.open(p).convert("RGB")) for p in paths]
 
 
+def difference(a: np.ndarray, b: np.ndarray) -> int:
+    """The largest difference of one colour value between two frames, in levels."""
+    return int(np.abs(a.astype(int) - b).max())
+
+
 def test_the_packs_decode_writes_the_frames_comfyuis_vae_decode_makes(comfy):
     """Tolerance 0 on the CPU: the same VAE model, the same float32 mapping to 0..255, the same rounding."""
     comfy_decoded = dream_frames(comfy, "decoded_by_comfyui", vae_decode=True)
     pack = dream_frames(comfy, "decoded_by_the_pack", vae=["1", 2])
     assert len({frame.tobytes() for frame in pack}) > 1, "the frames differ from one another"
     for index, (a, b) in enumerate(zip(comfy_decoded, pack)):
-        assert np.array_equal(a, b), f"frame {index + 1}: max difference {np.abs(a.astype(int) - b).max()}"
+        assert np.array_equal(a, b), f"frame {index + 1}: max difference {difference(a, b)}"
 
 
 def test_divisor_makes_small_inbetweens_and_keeps_the_keyframes(comfy):
@@ -55,7 +61,10 @@ def test_divisor_makes_small_inbetweens_and_keeps_the_keyframes(comfy):
 
     small = dream_frames(comfy, "divisor_2", divisor="2", downsample="area", upscale="bilinear", vae=["1", 2])
     assert all(frame.shape == (SIZE, SIZE, 3) for frame in small), "every frame is written at the keyframe size"
+    # The keyframe is decoded alone here and in the batch of N + 1 at divisor 1: a convolution over another
+    # batch size may sum in another order, which moves a pixel that sits on a rounding edge by one level.
+    # A half-size decode upscaled differs by far more (the in-between frames below).
     for i in (0, FRAMES + 1):
-        assert np.array_equal(small[i], full[i]), f"keyframe frame {i + 1} stays full size"
+        assert difference(small[i], full[i]) <= 1, f"keyframe frame {i + 1} stays full size"
     for i in range(1, FRAMES + 1):
-        assert not np.array_equal(small[i], full[i]), f"in-between frame {i + 1} is made at half size"
+        assert difference(small[i], full[i]) > 16, f"in-between frame {i + 1} is made at half size"
