@@ -337,14 +337,20 @@ def test_wind_down_drops_the_queued_prompts_and_waits_for_the_running_one(tmp_pa
     run(main())
 
 
+def start_unanswered(tmp_path):
+    """A session with a stored prompt whose ``start()`` is under way: ComfyUI answers its POST once the test
+    sets ``backend.answer``. (session, backend, supervisor, the start's task)."""
+    session, backend, sup = make(tmp_path)
+    session.prompt = PROMPT
+    backend.answer = asyncio.Event()
+    return session, backend, sup, asyncio.ensure_future(sup.start())
+
+
 def test_wind_down_drops_a_prompt_whose_post_was_under_way(tmp_path):
     """A delete or reset while the supervisor's POST of the next iteration is unanswered: the prompt lands in
     the queue after the first drop, and is dropped then."""
     async def main():
-        session, backend, sup = make(tmp_path)
-        session.prompt = PROMPT
-        backend.answer = asyncio.Event()
-        posting = asyncio.ensure_future(sup.start())
+        session, backend, sup, posting = start_unanswered(tmp_path)
         await asyncio.sleep(0.01)
         waiting = asyncio.ensure_future(sup.wind_down(timeout=5.0))
         await asyncio.sleep(0.05)
@@ -360,10 +366,7 @@ def test_wind_down_drops_a_prompt_whose_post_was_under_way(tmp_path):
 def test_concurrent_starts_queue_one_prompt(tmp_path):
     """Resume pressed twice (or by two clients) before the first POST is answered: one prompt, one chain."""
     async def main():
-        session, backend, sup = make(tmp_path)
-        session.prompt = PROMPT
-        backend.answer = asyncio.Event()
-        first = asyncio.ensure_future(sup.start())
+        session, backend, sup, first = start_unanswered(tmp_path)
         await asyncio.sleep(0.01)
         second = await asyncio.wait_for(sup.start(), 1.0)  # a second POST would wait for the first's answer
         backend.answer.set()
@@ -391,10 +394,7 @@ def test_a_prompt_that_ends_before_its_post_is_answered_is_handled_once(tmp_path
     """Start's prompt runs and fails before ComfyUI answers the POST (a loaded server): the watcher handles
     its end once; the POST's answer does not make the supervisor watch (and count) it again."""
     async def main():
-        session, backend, sup = make(tmp_path)
-        session.prompt = PROMPT
-        backend.answer = asyncio.Event()
-        starting = asyncio.ensure_future(sup.start())
+        session, backend, sup, starting = start_unanswered(tmp_path)
         await settle(lambda: sup.own_prompts)
         (prompt_id,) = sup.own_prompts
         sup.attach(prompt_id, PROMPT, None, {"enabled": True})
